@@ -1,0 +1,3 @@
+from yoloprune.cli import main
+
+raise SystemExit(main())

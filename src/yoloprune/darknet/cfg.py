@@ -1,0 +1,429 @@
+"""Darknet .cfg files as typed dataclasses: parse, validate, write.
+
+A cfg is a list of `[section]` blocks of `key=value` lines. The first block is `[net]` (input size,
+training hyper-parameters: kept verbatim); every following block is one layer, numbered from 0 in
+file order. Layers refer to earlier layers by relative (negative) or absolute index.
+
+`parse_cfg(write_cfg(cfg)) == cfg` holds for every cfg this module accepts: the writer emits every
+typed field that differs from darknet's default plus the unknown keys it carried along in `extra`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from yoloprune.errors import CfgError
+
+ACTIVATIONS = ("leaky", "linear", "relu", "mish", "logistic", "swish")
+
+
+def _field_line() -> int:
+    # The source line of a block is for error messages only; it never takes part in equality.
+    return field(default=0, compare=False, repr=False)
+
+
+@dataclass
+class NetBlock:
+    """`[net]`: kept as ordered options; width/height/channels are read on demand."""
+
+    options: dict[str, str] = field(default_factory=dict)
+    line: int = _field_line()
+    section = "net"
+
+    def _int(self, key: str, default: int) -> int:
+        value = self.options.get(key)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise CfgError(f"[net] {key}: expected an integer, got {value!r}", line=self.line) from None
+
+    @property
+    def width(self) -> int:
+        return self._int("width", 416)
+
+    @property
+    def height(self) -> int:
+        return self._int("height", 416)
+
+    @property
+    def channels(self) -> int:
+        return self._int("channels", 3)
+
+
+@dataclass
+class ConvBlock:
+    filters: int
+    size: int = 1
+    stride: int = 1
+    pad: bool = False
+    padding: int = 0  # explicit padding, used by darknet only when pad=0
+    batch_normalize: bool = False
+    groups: int = 1
+    activation: str = "linear"
+    extra: dict[str, str] = field(default_factory=dict)
+    line: int = _field_line()
+    section = "convolutional"
+
+    @property
+    def padding_px(self) -> int:
+        return self.size // 2 if self.pad else self.padding
+
+
+@dataclass
+class ShortcutBlock:
+    from_: int  # as written: negative = relative to this layer
+    activation: str = "linear"
+    extra: dict[str, str] = field(default_factory=dict)
+    line: int = _field_line()
+    section = "shortcut"
+
+
+@dataclass
+class RouteBlock:
+    layers: tuple[int, ...]  # as written: negative = relative to this layer
+    groups: int = 1
+    group_id: int = 0
+    line: int = _field_line()
+    section = "route"
+
+
+@dataclass
+class UpsampleBlock:
+    stride: int = 2
+    line: int = _field_line()
+    section = "upsample"
+
+
+@dataclass
+class MaxpoolBlock:
+    size: int
+    stride: int = 1
+    padding: int | None = None  # total padding; darknet's default is size - 1
+    line: int = _field_line()
+    section = "maxpool"
+
+    @property
+    def padding_total(self) -> int:
+        return self.size - 1 if self.padding is None else self.padding
+
+
+@dataclass
+class YoloBlock:
+    mask: tuple[int, ...]
+    anchors: tuple[tuple[int, int], ...]
+    classes: int
+    extra: dict[str, str] = field(default_factory=dict)  # jitter, ignore_thresh, scale_x_y, ...
+    line: int = _field_line()
+    section = "yolo"
+
+    @property
+    def num(self) -> int:
+        return len(self.anchors)
+
+    @property
+    def masked_anchors(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.anchors[i] for i in self.mask)
+
+    @property
+    def scale_x_y(self) -> float:
+        return float(self.extra.get("scale_x_y", 1.0))
+
+
+LayerBlock = Union[ConvBlock, ShortcutBlock, RouteBlock, UpsampleBlock, MaxpoolBlock, YoloBlock]
+
+
+@dataclass
+class DarknetCfg:
+    net: NetBlock
+    layers: list[LayerBlock]
+    path: str | None = field(default=None, compare=False)
+
+    def resolve(self, layer_idx: int, ref: int) -> int:
+        """Absolute index of a layer reference written in layer `layer_idx`."""
+        return layer_idx + ref if ref < 0 else ref
+
+    def inputs_of(self, layer_idx: int) -> list[int]:
+        """Absolute indices of the layers whose outputs layer `layer_idx` reads (-1 = the image)."""
+        block = self.layers[layer_idx]
+        if isinstance(block, RouteBlock):
+            return [self.resolve(layer_idx, ref) for ref in block.layers]
+        if isinstance(block, ShortcutBlock):
+            return [layer_idx - 1, self.resolve(layer_idx, block.from_)]
+        return [layer_idx - 1]
+
+    @property
+    def yolo_indices(self) -> list[int]:
+        return [i for i, block in enumerate(self.layers) if isinstance(block, YoloBlock)]
+
+    def replace(self, layers: list[LayerBlock]) -> "DarknetCfg":
+        return DarknetCfg(net=self.net, layers=layers, path=None)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class _RawBlock:
+    section: str
+    line: int
+    options: dict[str, str]
+    option_lines: dict[str, int]
+
+
+def _split_blocks(text: str, path: str | None) -> list[_RawBlock]:
+    blocks: list[_RawBlock] = []
+    for line_no, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or len(line) < 3:
+                raise CfgError(f"malformed section header {line!r}", path, line_no)
+            blocks.append(_RawBlock(line[1:-1].strip().lower(), line_no, {}, {}))
+            continue
+        if "=" not in line:
+            raise CfgError(f"expected 'key=value' or '[section]', got {line!r}", path, line_no)
+        if not blocks:
+            raise CfgError("option before the first [section]", path, line_no)
+        key, value = (part.strip() for part in line.split("=", 1))
+        if not key:
+            raise CfgError(f"empty key in {line!r}", path, line_no)
+        block = blocks[-1]
+        if key in block.options:
+            raise CfgError(f"duplicate key {key!r} in [{block.section}]", path, line_no)
+        block.options[key] = value
+        block.option_lines[key] = line_no
+    return blocks
+
+
+class _Options:
+    """Typed, consuming access to one raw block's options; leftovers become `extra`."""
+
+    def __init__(self, raw: _RawBlock, path: str | None):
+        self.raw, self.path = raw, path
+        self.remaining = dict(raw.options)
+
+    def _error(self, key: str | None, message: str) -> CfgError:
+        line = self.raw.option_lines.get(key, self.raw.line) if key else self.raw.line
+        return CfgError(f"[{self.raw.section}] {message}", self.path, line)
+
+    def has(self, key: str) -> bool:
+        return key in self.remaining
+
+    def int(self, key: str, default: int | None = None, *, minimum: int | None = None) -> int:
+        if key not in self.remaining:
+            if default is None:
+                raise self._error(None, f"missing required key {key!r}")
+            return default
+        text = self.remaining.pop(key)
+        try:
+            value = int(text)
+        except ValueError:
+            raise self._error(key, f"{key}: expected an integer, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise self._error(key, f"{key}: must be >= {minimum}, got {value}")
+        return value
+
+    def ints(self, key: str, required: bool = True) -> tuple[int, ...] | None:
+        if key not in self.remaining:
+            if required:
+                raise self._error(None, f"missing required key {key!r}")
+            return None
+        text = self.remaining.pop(key)
+        try:
+            values = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise self._error(key, f"{key}: expected comma-separated integers, got {text!r}") from None
+        if not values:
+            raise self._error(key, f"{key}: empty list")
+        return values
+
+    def activation(self) -> str:
+        value = self.remaining.pop("activation", "linear").lower()
+        if value not in ACTIVATIONS:
+            raise self._error("activation", f"activation: unsupported {value!r} (supported: {', '.join(ACTIVATIONS)})")
+        return value
+
+    def rest(self) -> dict[str, str]:
+        rest, self.remaining = self.remaining, {}
+        return rest
+
+    def reject_rest(self) -> None:
+        if self.remaining:
+            key = next(iter(self.remaining))
+            raise self._error(key, f"unknown key {key!r}")
+
+
+def _parse_layer(raw: _RawBlock, path: str | None) -> LayerBlock:
+    opts = _Options(raw, path)
+    section = raw.section
+    if section in ("convolutional", "conv"):
+        block = ConvBlock(
+            filters=opts.int("filters", minimum=1),
+            size=opts.int("size", 1, minimum=1),
+            stride=opts.int("stride", 1, minimum=1),
+            pad=bool(opts.int("pad", 0)),
+            padding=opts.int("padding", 0, minimum=0),
+            batch_normalize=bool(opts.int("batch_normalize", 0)),
+            groups=opts.int("groups", 1, minimum=1),
+            activation=opts.activation(),
+            line=raw.line,
+        )
+        block.extra = opts.rest()
+        if block.filters % block.groups:
+            raise CfgError(f"[convolutional] filters={block.filters} not divisible by groups={block.groups}", path, raw.line)
+        return block
+    if section == "shortcut":
+        block = ShortcutBlock(from_=opts.int("from"), activation=opts.activation(), line=raw.line)
+        block.extra = opts.rest()
+        return block
+    if section == "route":
+        layers = opts.ints("layers")
+        if len(layers) > 4:
+            raise CfgError(f"[route] at most 4 layers, got {len(layers)}", path, raw.line)
+        block = RouteBlock(layers=layers, groups=opts.int("groups", 1, minimum=1), group_id=opts.int("group_id", 0, minimum=0), line=raw.line)
+        if block.group_id >= block.groups:
+            raise CfgError(f"[route] group_id={block.group_id} must be < groups={block.groups}", path, raw.line)
+        opts.reject_rest()
+        return block
+    if section == "upsample":
+        block = UpsampleBlock(stride=opts.int("stride", 2, minimum=1), line=raw.line)
+        opts.reject_rest()
+        return block
+    if section in ("maxpool", "max"):
+        stride = opts.int("stride", 1, minimum=1)
+        size = opts.int("size", stride, minimum=1)
+        padding = opts.int("padding", -1, minimum=0) if opts.has("padding") else None
+        opts.reject_rest()
+        return MaxpoolBlock(size=size, stride=stride, padding=padding, line=raw.line)
+    if section in ("yolo", "region"):
+        if section == "region":
+            raise CfgError("[region] (YOLOv2) layers are not supported", path, raw.line)
+        anchor_values = opts.ints("anchors")
+        if len(anchor_values) % 2:
+            raise CfgError(f"[yolo] anchors: odd number of values ({len(anchor_values)})", path, raw.line)
+        anchors = tuple(zip(anchor_values[0::2], anchor_values[1::2]))
+        num = opts.int("num", len(anchors), minimum=1)
+        if num != len(anchors):
+            raise CfgError(f"[yolo] num={num} but {len(anchors)} anchors given", path, raw.line)
+        mask = opts.ints("mask", required=False) or tuple(range(num))
+        if any(m < 0 or m >= num for m in mask):
+            raise CfgError(f"[yolo] mask {list(mask)} refers to anchors outside 0..{num - 1}", path, raw.line)
+        block = YoloBlock(mask=mask, anchors=anchors, classes=opts.int("classes", minimum=1), line=raw.line)
+        block.extra = opts.rest()
+        return block
+    raise CfgError(f"unknown section [{section}]", path, raw.line)
+
+
+def _validate_references(cfg: DarknetCfg) -> None:
+    for idx, block in enumerate(cfg.layers):
+        if isinstance(block, (RouteBlock, ShortcutBlock)):
+            refs = block.layers if isinstance(block, RouteBlock) else (block.from_,)
+            for ref in refs:
+                target = cfg.resolve(idx, ref)
+                if not 0 <= target < idx:
+                    raise CfgError(
+                        f"[{block.section}] layer {idx} refers to layer {target} (written {ref}); "
+                        f"only earlier layers 0..{idx - 1} exist",
+                        cfg.path,
+                        block.line,
+                    )
+        elif idx == 0 and isinstance(block, YoloBlock):
+            raise CfgError("[yolo] cannot be the first layer", cfg.path, block.line)
+    if not cfg.yolo_indices:
+        raise CfgError("no [yolo] layer: not a YOLO detector", cfg.path)
+
+
+def parse_cfg(text: str, path: str | Path | None = None) -> DarknetCfg:
+    """Parse cfg text into typed blocks. Raises CfgError naming the file and line."""
+    path_str = str(path) if path is not None else None
+    raw_blocks = _split_blocks(text, path_str)
+    if not raw_blocks:
+        raise CfgError("empty cfg: no [section] found", path_str)
+    first = raw_blocks[0]
+    if first.section not in ("net", "network"):
+        raise CfgError(f"the first section must be [net], got [{first.section}]", path_str, first.line)
+    net = NetBlock(options=dict(first.options), line=first.line)
+    layers = [_parse_layer(raw, path_str) for raw in raw_blocks[1:]]
+    if not layers:
+        raise CfgError("no layers after [net]", path_str, first.line)
+    cfg = DarknetCfg(net=net, layers=layers, path=path_str)
+    _validate_references(cfg)
+    return cfg
+
+
+def load_cfg(path: str | Path) -> DarknetCfg:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CfgError("cfg file not found", path) from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as error:
+        raise CfgError(f"cannot read cfg: {error}", path) from None
+    return parse_cfg(text, path)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _layer_options(block: LayerBlock) -> list[tuple[str, object]]:
+    if isinstance(block, ConvBlock):
+        options: list[tuple[str, object]] = []
+        if block.batch_normalize:
+            options.append(("batch_normalize", 1))
+        options += [("filters", block.filters), ("size", block.size), ("stride", block.stride), ("pad", int(block.pad))]
+        if block.padding:
+            options.append(("padding", block.padding))
+        if block.groups != 1:
+            options.append(("groups", block.groups))
+        options.append(("activation", block.activation))
+        return options + list(block.extra.items())
+    if isinstance(block, ShortcutBlock):
+        return [("from", block.from_), ("activation", block.activation)] + list(block.extra.items())
+    if isinstance(block, RouteBlock):
+        options = [("layers", ", ".join(str(v) for v in block.layers))]
+        if block.groups != 1:
+            options += [("groups", block.groups), ("group_id", block.group_id)]
+        return options
+    if isinstance(block, UpsampleBlock):
+        return [("stride", block.stride)]
+    if isinstance(block, MaxpoolBlock):
+        options = [("size", block.size), ("stride", block.stride)]
+        if block.padding is not None:
+            options.append(("padding", block.padding))
+        return options
+    if isinstance(block, YoloBlock):
+        anchors = ",  ".join(f"{w},{h}" for w, h in block.anchors)
+        return [
+            ("mask", ",".join(str(m) for m in block.mask)),
+            ("anchors", anchors),
+            ("classes", block.classes),
+            ("num", block.num),
+        ] + list(block.extra.items())
+    raise TypeError(f"not a layer block: {block!r}")
+
+
+def write_cfg(cfg: DarknetCfg) -> str:
+    """Cfg text; `parse_cfg(write_cfg(cfg)) == cfg`."""
+    parts = ["[net]\n" + "".join(f"{key}={value}\n" for key, value in cfg.net.options.items())]
+    for block in cfg.layers:
+        parts.append(f"[{block.section}]\n" + "".join(f"{key}={value}\n" for key, value in _layer_options(block)))
+    return "\n".join(parts)
+
+
+def save_cfg(cfg: DarknetCfg, path: str | Path) -> None:
+    from yoloprune.fileio import atomic_write_text
+
+    atomic_write_text(path, write_cfg(cfg))
+
+
+def copy_block(block: LayerBlock, **changes) -> LayerBlock:
+    """A copy of a block with some fields changed (extra dicts are copied, not shared)."""
+    if hasattr(block, "extra") and "extra" not in changes:
+        changes["extra"] = dict(block.extra)
+    return dataclasses.replace(block, **changes)

@@ -1,0 +1,266 @@
+"""`Darknet`: a PyTorch module built from a parsed darknet cfg, one submodule per cfg layer.
+
+Forward:
+- training mode returns the raw head maps, one per `[yolo]` layer, each `(N, anchors, H, W, 5 + classes)`
+  holding the un-activated network outputs (tx, ty, tw, th, objectness, class logits);
+- eval mode returns decoded boxes `(N, sum of anchors*H*W over heads, 5 + classes)`: cx, cy, w, h in
+  input pixels, then objectness and class probabilities (sigmoid).
+
+Layer `i` of the cfg is `model.layers[i]`, so state_dict keys read `layers.{i}.conv.weight`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yoloprune.darknet.cfg import (
+    ConvBlock,
+    DarknetCfg,
+    LayerBlock,
+    MaxpoolBlock,
+    RouteBlock,
+    ShortcutBlock,
+    UpsampleBlock,
+    YoloBlock,
+    load_cfg,
+    parse_cfg,
+)
+from yoloprune.errors import CfgError
+
+LEAKY_SLOPE = 0.1  # darknet's leaky ReLU
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.03
+
+
+def make_activation(name: str) -> nn.Module:
+    if name == "leaky":
+        return nn.LeakyReLU(LEAKY_SLOPE)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "mish":
+        return nn.Mish()
+    if name == "logistic":
+        return nn.Sigmoid()
+    if name == "swish":
+        return nn.SiLU()
+    return nn.Identity()
+
+
+class ConvLayer(nn.Module):
+    """`[convolutional]`: conv (bias only without BN) → optional BN → activation."""
+
+    def __init__(self, block: ConvBlock, in_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            block.filters,
+            block.size,
+            block.stride,
+            block.padding_px,
+            groups=block.groups,
+            bias=not block.batch_normalize,
+        )
+        self.bn = nn.BatchNorm2d(block.filters, eps=BN_EPS, momentum=BN_MOMENTUM) if block.batch_normalize else None
+        self.act = make_activation(block.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x)
+
+
+class ShortcutLayer(nn.Module):
+    """`[shortcut]`: element-wise sum of the previous layer and `from`, then activation."""
+
+    def __init__(self, block: ShortcutBlock):
+        super().__init__()
+        self.act = make_activation(block.activation)
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.act(x + other)
+
+
+class RouteLayer(nn.Module):
+    """`[route]`: channel concatenation of its inputs, or one channel group of each with `groups`."""
+
+    def __init__(self, block: RouteBlock):
+        super().__init__()
+        self.groups, self.group_id = block.groups, block.group_id
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        if self.groups > 1:
+            inputs = [x.chunk(self.groups, dim=1)[self.group_id] for x in inputs]
+        return inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+
+
+class UpsampleLayer(nn.Module):
+    def __init__(self, block: UpsampleBlock):
+        super().__init__()
+        self.stride = block.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.stride, mode="nearest")
+
+
+class MaxpoolLayer(nn.Module):
+    """`[maxpool]` with darknet's padding: `size - 1` in total, the odd pixel on the right/bottom.
+
+    Padding replicates the edge, which gives the same maxima as darknet's skip-out-of-bounds rule
+    (every window that touches padding also holds the edge pixel it copies).
+    """
+
+    def __init__(self, block: MaxpoolBlock):
+        super().__init__()
+        total = block.padding_total
+        self.pad = (total // 2, total - total // 2, total // 2, total - total // 2)
+        self.pool = nn.MaxPool2d(block.size, block.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode="replicate")
+        return self.pool(x)
+
+
+class YoloLayer(nn.Module):
+    """`[yolo]`: reshapes the previous conv's output into per-anchor predictions; decodes in eval."""
+
+    def __init__(self, block: YoloBlock):
+        super().__init__()
+        self.num_classes = block.classes
+        self.num_anchors = len(block.mask)
+        self.scale_x_y = block.scale_x_y
+        self.register_buffer("anchors", torch.tensor(block.masked_anchors, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return x.view(n, self.num_anchors, self.num_classes + 5, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+    def decode(self, raw: torch.Tensor, img_hw: tuple[int, int]) -> torch.Tensor:
+        n, a, h, w, d = raw.shape
+        stride_y, stride_x = img_hw[0] / h, img_hw[1] / w
+        grid_y, grid_x = torch.meshgrid(
+            torch.arange(h, device=raw.device, dtype=raw.dtype),
+            torch.arange(w, device=raw.device, dtype=raw.dtype),
+            indexing="ij",
+        )
+        xy = torch.sigmoid(raw[..., :2])
+        if self.scale_x_y != 1.0:
+            xy = xy * self.scale_x_y - (self.scale_x_y - 1) / 2
+        cx = (xy[..., 0] + grid_x) * stride_x
+        cy = (xy[..., 1] + grid_y) * stride_y
+        anchors = self.anchors.to(raw.dtype).view(1, a, 1, 1, 2)
+        wh = torch.exp(raw[..., 2:4]) * anchors
+        out = torch.cat([cx.unsqueeze(-1), cy.unsqueeze(-1), wh, torch.sigmoid(raw[..., 4:])], dim=-1)
+        return out.view(n, a * h * w, d)
+
+
+def _build_layer(block: LayerBlock, in_channels: int) -> nn.Module:
+    if isinstance(block, ConvBlock):
+        return ConvLayer(block, in_channels)
+    if isinstance(block, ShortcutBlock):
+        return ShortcutLayer(block)
+    if isinstance(block, RouteBlock):
+        return RouteLayer(block)
+    if isinstance(block, UpsampleBlock):
+        return UpsampleLayer(block)
+    if isinstance(block, MaxpoolBlock):
+        return MaxpoolLayer(block)
+    return YoloLayer(block)
+
+
+def infer_channels(cfg: DarknetCfg) -> list[int]:
+    """Output channels of every layer; raises CfgError where the cfg's channel arithmetic fails."""
+    channels: list[int] = []
+    for idx, block in enumerate(cfg.layers):
+        inputs = [cfg.net.channels if j < 0 else channels[j] for j in cfg.inputs_of(idx)]
+        if isinstance(block, ConvBlock):
+            if inputs[0] % block.groups:
+                raise CfgError(f"[convolutional] layer {idx}: {inputs[0]} input channels not divisible by groups={block.groups}", cfg.path, block.line)
+            channels.append(block.filters)
+        elif isinstance(block, RouteBlock):
+            if any(c % block.groups for c in inputs):
+                raise CfgError(f"[route] layer {idx}: input channels {inputs} not divisible by groups={block.groups}", cfg.path, block.line)
+            channels.append(sum(c // block.groups for c in inputs))
+        elif isinstance(block, ShortcutBlock):
+            if inputs[0] != inputs[1]:
+                raise CfgError(
+                    f"[shortcut] layer {idx}: adds {inputs[0]} channels (layer {idx - 1}) to {inputs[1]} "
+                    f"(layer {cfg.inputs_of(idx)[1]}); they must match",
+                    cfg.path,
+                    block.line,
+                )
+            channels.append(inputs[0])
+        elif isinstance(block, YoloBlock):
+            expected = len(block.mask) * (block.classes + 5)
+            if inputs[0] != expected:
+                raise CfgError(
+                    f"[yolo] layer {idx}: previous layer has {inputs[0]} channels, expected "
+                    f"{len(block.mask)} anchors x (5 + {block.classes} classes) = {expected}",
+                    cfg.path,
+                    block.line,
+                )
+            channels.append(inputs[0])
+        else:
+            channels.append(inputs[0])
+    return channels
+
+
+class Darknet(nn.Module):
+    def __init__(self, cfg: DarknetCfg | str):
+        super().__init__()
+        if isinstance(cfg, str):
+            cfg = load_cfg(cfg)
+        self.cfg = cfg
+        self.out_channels = infer_channels(cfg)
+        in_channels = [cfg.net.channels] + self.out_channels[:-1]
+        self.layers = nn.ModuleList(_build_layer(block, c) for block, c in zip(cfg.layers, in_channels))
+        self.yolo_indices = cfg.yolo_indices
+        # Layer outputs that a later route/shortcut reads; all others are dropped as soon as used.
+        self._kept = sorted({j for i in range(len(cfg.layers)) for j in cfg.inputs_of(i) if j != i - 1 and j >= 0})
+
+    @classmethod
+    def from_text(cls, text: str) -> "Darknet":
+        return cls(parse_cfg(text))
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.layers[self.yolo_indices[0]].classes
+
+    @property
+    def yolo_layers(self) -> list[YoloLayer]:
+        return [self.layers[i] for i in self.yolo_indices]
+
+    def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Raw head maps `(N, anchors, H, W, 5 + classes)`, whatever the mode."""
+        kept: dict[int, torch.Tensor] = {}
+        heads: list[torch.Tensor] = []
+        kept_set = set(self._kept)
+        for idx, (block, layer) in enumerate(zip(self.cfg.layers, self.layers)):
+            if isinstance(block, RouteBlock):
+                x = layer([x if j == idx - 1 else kept[j] for j in self.cfg.inputs_of(idx)])
+            elif isinstance(block, ShortcutBlock):
+                x = layer(x, kept[self.cfg.inputs_of(idx)[1]])
+            elif isinstance(block, YoloBlock):
+                heads.append(layer(x))
+            else:
+                x = layer(x)
+            if idx in kept_set:
+                kept[idx] = x
+        return heads
+
+    def decode(self, heads: list[torch.Tensor], img_hw: tuple[int, int]) -> torch.Tensor:
+        return torch.cat([yolo.decode(raw, img_hw) for yolo, raw in zip(self.yolo_layers, heads)], dim=1)
+
+    def forward(self, x: torch.Tensor):
+        heads = self.forward_heads(x)
+        if self.training:
+            return heads
+        return self.decode(heads, (x.shape[2], x.shape[3]))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (BN running statistics are buffers and do not count), as darknet reports."""
+    return sum(p.numel() for p in model.parameters())
