@@ -38,3 +38,11 @@ class DataError(YoloPruneError):
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
         self.path, self.line, self.reason = path, line, message
         super().__init__(_located(message, path, line))
+
+
+class ExportError(YoloPruneError):
+    """An exported model that does not reproduce the PyTorch model."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path, self.reason = path, message
+        super().__init__(_located(message, path, None))

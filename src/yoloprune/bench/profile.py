@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -114,6 +115,38 @@ class Latency:
     threads: int
     batch: int
 
+    @classmethod
+    def from_times(cls, times_ms: list[float], threads: int, batch: int) -> "Latency":
+        deciles = statistics.quantiles(times_ms, n=10) if len(times_ms) > 1 else times_ms * 9
+        return cls(statistics.median(times_ms), deciles[0], deciles[-1], len(times_ms), threads, batch)
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 5) -> dict[str, list[float]]:
+    """Wall times (ms) of each runner, called in turn A B C A B C ... so that a slow patch of a noisy
+    machine hits every model alike and the ratios between them stay meaningful."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for step in range(warmup + runs):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            if step >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """A no-grad eval-mode forward that waits for the device to finish."""
+    model.eval()
+
+    def run():
+        with torch.inference_mode():
+            out = model(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return out
+
+    return run
+
 
 def measure_latency(
     model: nn.Module,
@@ -123,26 +156,14 @@ def measure_latency(
     warmup: int = 5,
     threads: int | None = None,
 ) -> Latency:
-    """CPU (or current-device) inference latency of `model` in eval mode, median over `runs` after `warmup`."""
+    """Inference latency of `model` (eval mode, batch of random images), median over `runs` after `warmup`."""
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        model.eval()
         device = next(model.parameters()).device
         x = torch.rand(batch, 3, img_size, img_size, device=device)
-        times = []
-        with torch.inference_mode():
-            for step in range(warmup + runs):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if step >= warmup:
-                    times.append((time.perf_counter() - start) * 1000)
-        deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
-        return Latency(statistics.median(times), deciles[0], deciles[-1], runs, torch.get_num_threads(), batch)
+        times = time_interleaved({"model": torch_runner(model, x)}, runs, warmup)["model"]
+        return Latency.from_times(times, torch.get_num_threads(), batch)
     finally:
         torch.set_num_threads(previous_threads)

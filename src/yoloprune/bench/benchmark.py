@@ -1,0 +1,180 @@
+"""Compare models side by side: size, MACs, CPU latency in PyTorch and ONNX Runtime, and mAP.
+
+Latencies are measured interleaved (A B A B ...) with the same thread count for both runtimes,
+so the ratios to the first model hold on a noisy machine even when absolute times wander.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yoloprune.bench.profile import Latency, profile_model, time_interleaved, torch_runner
+from yoloprune.darknet.model import Darknet
+from yoloprune.darknet.weights import load_model, is_checkpoint_path
+from yoloprune.errors import YoloPruneError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    cfg: str | None
+    weights: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """`NAME=CFG:WEIGHTS`, `NAME=CFG` (random weights) or `NAME=WEIGHTS.pt` (the .pt carries its cfg)."""
+        name, sep, spec = text.partition("=")
+        if not sep or not name or not spec:
+            raise YoloPruneError(f"--model {text!r}: expected NAME=CFG:WEIGHTS, NAME=CFG or NAME=CHECKPOINT.pt")
+        if ":" in spec:
+            cfg, weights = spec.rsplit(":", 1)
+            return cls(name, cfg or None, weights or None)
+        if is_checkpoint_path(spec):
+            return cls(name, None, spec)
+        return cls(name, spec, None)
+
+
+@dataclass
+class ModelBench:
+    name: str
+    params: int
+    size_mb: float
+    gmacs: float
+    bflops: float
+    latency_ms_torch: float
+    latency_ms_ort: float
+    map50: float | None = None
+    map: float | None = None
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    img_size: int
+    threads: int
+    runs: int
+    device: str
+    models: list[ModelBench]
+
+    def to_dict(self) -> dict:
+        return {
+            "img_size": self.img_size,
+            "threads": self.threads,
+            "runs": self.runs,
+            "device": self.device,
+            "models": {m.name: {k: v for k, v in asdict(m).items() if k != "name"} for m in self.models},
+        }
+
+
+RATIO_KEYS = ("params", "size_mb", "gmacs", "latency_ms_torch", "latency_ms_ort")
+
+
+def _ort_runner(session, x: np.ndarray):
+    return lambda: session.run(None, {"images": x})
+
+
+def benchmark_models(
+    specs: list[ModelSpec] | list[tuple[str, Darknet]],
+    img_size: int = 416,
+    data: str | None = None,
+    runs: int = 20,
+    warmup: int = 5,
+    threads: int | None = None,
+    batch_size: int = 8,
+    workers: int = 0,
+    progress: bool = True,
+) -> BenchResult:
+    """Benchmark models given as ModelSpecs (loaded from disk) or (name, model) pairs."""
+    from yoloprune.export.onnx import create_ort_session, export_onnx
+
+    if runs < 1:
+        raise YoloPruneError(f"runs must be >= 1, got {runs}")
+    models: list[tuple[str, Darknet]] = [
+        (spec.name, load_model(spec.cfg, spec.weights)) if isinstance(spec, ModelSpec) else spec for spec in specs
+    ]
+    previous_threads = torch.get_num_threads()
+    threads = threads or previous_threads
+    torch.set_num_threads(threads)
+    try:
+        x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+        results = []
+        torch_runners, ort_runners = {}, {}
+        with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
+            for name, model in models:
+                model.eval()
+                profile = profile_model(model, img_size)
+                results.append(ModelBench(name, profile.params, profile.size_mb, profile.gmacs, profile.bflops, 0.0, 0.0))
+                onnx_path = Path(tmp) / f"model{len(torch_runners)}.onnx"
+                export_onnx(model, onnx_path, img_size)
+                torch_runners[name] = torch_runner(model, x)
+                ort_runners[name] = _ort_runner(create_ort_session(onnx_path, threads), x.numpy())
+            log.info("timing %d model(s): %d runs each after %d warm-up, %d thread(s), interleaved", len(models), runs, warmup, threads)
+            torch_times = time_interleaved(torch_runners, runs, warmup)
+            ort_times = time_interleaved(ort_runners, runs, warmup)
+        for bench in results:
+            bench.latency_ms_torch = Latency.from_times(torch_times[bench.name], threads, 1).median_ms
+            bench.latency_ms_ort = Latency.from_times(ort_times[bench.name], threads, 1).median_ms
+        if data is not None:
+            _add_map(results, models, data, img_size, batch_size, workers, progress)
+        base = results[0]
+        for bench in results:
+            bench.ratios = {key: getattr(bench, key) / getattr(base, key) for key in RATIO_KEYS if getattr(base, key)}
+            if bench.map50 is not None and base.map50 is not None:
+                bench.ratios["map50_delta"] = bench.map50 - base.map50
+        return BenchResult(img_size, threads, runs, "cpu", results)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _add_map(results: list[ModelBench], models, data: str, img_size: int, batch_size: int, workers: int, progress: bool) -> None:
+    from yoloprune.data.dataset import create_dataloader
+    from yoloprune.data.spec import load_data_spec
+    from yoloprune.eval.evaluate import evaluate_model
+
+    spec = load_data_spec(data)
+    loader = create_dataloader(spec.valid, img_size, batch_size, workers=workers, num_classes=spec.classes)
+    for bench, (_, model) in zip(results, models):
+        metrics = evaluate_model(model, loader, progress=progress)
+        bench.map50, bench.map = metrics.map50, metrics.map
+
+
+def format_markdown(result: BenchResult) -> str:
+    """The comparison as a Markdown table, ratios to the first model in brackets."""
+    has_map = any(m.map50 is not None for m in result.models)
+    header = ["model", "params (M)", "size (MB)", "MACs (G)", "BFLOPs", "latency torch (ms)", "latency ORT (ms)"]
+    if has_map:
+        header += ["mAP@0.5", "mAP@0.5:0.95"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in result.models:
+        r = m.ratios
+
+        def cell(value: float, key: str, fmt: str) -> str:
+            text = format(value, fmt)
+            return f"{text} ({r[key]:.2f}x)" if m is not result.models[0] and key in r else text
+
+        row = [
+            m.name,
+            cell(m.params / 1e6, "params", ".2f"),
+            cell(m.size_mb, "size_mb", ".1f"),
+            cell(m.gmacs, "gmacs", ".3f"),
+            f"{m.bflops:.3f}",
+            cell(m.latency_ms_torch, "latency_ms_torch", ".1f"),
+            cell(m.latency_ms_ort, "latency_ms_ort", ".1f"),
+        ]
+        if has_map:
+            row += ["-" if m.map50 is None else f"{m.map50:.4f}", "-" if m.map is None else f"{m.map:.4f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(
+        f"Input {result.img_size}x{result.img_size}, batch 1, {result.device.upper()} with {result.threads} thread(s); latency = "
+        f"median of {result.runs} runs after warm-up, models interleaved. MACs = multiply-adds (BFLOPs = 2 x GMACs)."
+    )
+    return "\n".join(lines) + "\n"

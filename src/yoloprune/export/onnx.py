@@ -1,0 +1,93 @@
+"""ONNX export with a parity check against PyTorch, run by ONNX Runtime at export time."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yoloprune.darknet.model import Darknet
+from yoloprune.errors import ExportError
+from yoloprune.fileio import atomic_output
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-3
+
+
+@dataclass
+class OnnxExport:
+    path: Path
+    max_abs_diff: float
+    opset: int
+    dynamic_batch: bool
+
+
+def export_onnx(
+    model: Darknet,
+    path: str | Path,
+    img_size: int = 416,
+    opset: int = 17,
+    dynamic_batch: bool = False,
+    check: bool = True,
+    tolerance: float = PARITY_TOLERANCE,
+) -> OnnxExport:
+    """Write `model` (eval mode: decoded boxes `(N, anchors, 5 + classes)`) as one ONNX file.
+
+    The output is compared with PyTorch's on a random image through ONNX Runtime; a difference
+    above `tolerance` raises ExportError and leaves no file behind.
+    """
+    path = Path(path)
+    model = model.eval()
+    device = next(model.parameters()).device
+    example = torch.rand(1, model.cfg.net.channels, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    dynamic_axes = {"images": {0: "batch"}, "boxes": {0: "batch"}} if dynamic_batch else None
+    with atomic_output(path) as tmp:
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter is the one that needs no extra packages (onnxscript);
+            # it handles every layer type Darknet uses.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["boxes"],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        max_diff = check_onnx_parity(model, tmp, example) if check else float("nan")
+        if check and not max_diff <= tolerance:
+            raise ExportError(f"ONNX output differs from PyTorch by {max_diff:.3g} (> {tolerance:g}); file not written", path)
+    log.debug("wrote %s (opset %d, max abs diff vs PyTorch %.2e)", path, opset, max_diff)
+    return OnnxExport(path, max_diff, opset, dynamic_batch)
+
+
+def create_ort_session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_onnx_parity(model: Darknet, onnx_path: str | Path, example: torch.Tensor) -> float:
+    """Max absolute difference between ONNX Runtime's and PyTorch's outputs on `example`."""
+    session = create_ort_session(onnx_path)
+    (ort_out,) = session.run(["boxes"], {"images": example.cpu().numpy()})
+    with torch.no_grad():
+        torch_out = model(example).cpu().numpy()
+    # An untrained model can overflow exp() in the box decoding; matching infinities are agreement.
+    finite = np.isfinite(torch_out)
+    if not np.array_equal(finite, np.isfinite(ort_out)) or not np.array_equal(torch_out[~finite], ort_out[~finite]):
+        return float("inf")
+    return float(np.abs(ort_out[finite] - torch_out[finite]).max(initial=0.0))
