@@ -1,0 +1,32 @@
+"""YOLO datasets: the `.data` format, the loader, the Oxford Hand converter and the synthetic dataset.
+
+Heavy modules (cv2, torch) load on first use of a name, so importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DataSpec": "yoloprune.data.spec",
+    "load_data_spec": "yoloprune.data.spec",
+    "read_image_list": "yoloprune.data.spec",
+    "label_path_for": "yoloprune.data.spec",
+    "create_dataloader": "yoloprune.data.dataset",
+    "YoloDataset": "yoloprune.data.dataset",
+    "AugmentConfig": "yoloprune.data.transforms",
+    "letterbox": "yoloprune.data.transforms",
+    "unletterbox_boxes_xyxy": "yoloprune.data.transforms",
+    "generate_synthetic_dataset": "yoloprune.data.synth",
+    "convert_oxford_hand": "yoloprune.data.oxford_hand",
+    "check_dataset": "yoloprune.data.check",
+    "render_sample_grid": "yoloprune.data.show",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Evaluation: NMS, box geometry, COCO-protocol metrics, and drawing detections on images."""

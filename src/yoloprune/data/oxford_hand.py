@@ -1,0 +1,188 @@
+"""Convert the Oxford Hand dataset (MATLAB annotations) into a YOLO dataset.
+
+Source layout::
+
+    hand_dataset/
+      training_dataset/training_data/{images/*.jpg, annotations/*.mat}
+      validation_dataset/validation_data/{images, annotations}
+      test_dataset/test_data/{images, annotations}
+
+Each `.mat` holds `boxes`, a 1×N cell; each cell is a 1×1 struct whose first four fields are the
+corners of a (possibly rotated) hand quadrilateral, each `[y x]` — row first — in MATLAB's 1-based
+pixel coordinates. Extra fields may follow, so the fields are read by position, not by name.
+The label of a hand is the axis-aligned box of its four corners, clipped to the image.
+
+Output: `train.txt` = training + validation, `valid.txt` = test (the published split: 4807 / 821
+images), `hand.data`, `hand.names`, `images/{train,val}/`, `labels/{train,val}/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from yoloprune.data.spec import IMAGE_SUFFIXES, format_label_lines, write_dataset_spec
+from yoloprune.data.transforms import xyxy_px_to_cxcywh_norm
+from yoloprune.errors import DataError
+from yoloprune.fileio import atomic_output, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# (source split folder, its data folder, output split)
+SOURCE_SPLITS = (
+    ("training_dataset", "training_data", "train"),
+    ("validation_dataset", "validation_data", "train"),
+    ("test_dataset", "test_data", "val"),
+)
+
+
+def corners_to_box_xyxy(corners_yx: np.ndarray, width: int, height: int) -> np.ndarray | None:
+    """Axis-aligned pixel box (x1, y1, x2, y2) of four MATLAB `[y x]` corners, clipped to the image.
+
+    MATLAB pixel k (1-based) has its centre at k; in continuous image coordinates, where pixel i
+    (0-based) spans [i, i + 1], that centre is at k − 0.5. Returns None when nothing of the box
+    lies inside the image.
+    """
+    corners_yx = np.asarray(corners_yx, dtype=np.float64).reshape(-1, 2)
+    if not np.isfinite(corners_yx).all():
+        raise ValueError(f"non-finite corner coordinates {corners_yx.tolist()}")
+    xs, ys = corners_yx[:, 1] - 0.5, corners_yx[:, 0] - 0.5
+    x1, x2 = np.clip([xs.min(), xs.max()], 0, width)
+    y1, y2 = np.clip([ys.min(), ys.max()], 0, height)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return np.array([x1, y1, x2, y2], dtype=np.float64)
+
+
+def read_hand_corners(mat_path: str | Path) -> list[np.ndarray]:
+    """The corner sets `(4, 2)` `[y x]` of every hand annotated in one `.mat` file."""
+    import scipy.io
+
+    mat_path = Path(mat_path)
+    try:
+        contents = scipy.io.loadmat(str(mat_path), squeeze_me=False, struct_as_record=True)
+    except Exception as error:  # scipy raises many types (ValueError, TypeError, MatReadError) for bad files
+        raise DataError(f"cannot read MATLAB file: {error}", mat_path) from None
+    if "boxes" not in contents:
+        keys = sorted(k for k in contents if not k.startswith("__"))
+        raise DataError(f"no 'boxes' variable (found {keys})", mat_path)
+    cells = np.asarray(contents["boxes"])
+    hands = []
+    for k, cell in enumerate(cells.reshape(-1)):
+        record = np.asarray(cell).reshape(-1)
+        if record.size != 1 or record.dtype.names is None or len(record.dtype.names) < 4:
+            raise DataError(f"boxes{{{k + 1}}} is not a struct with four corner fields", mat_path)
+        try:
+            corners = np.stack([np.asarray(record[0][i], dtype=np.float64).reshape(2) for i in range(4)])
+        except (ValueError, TypeError):
+            raise DataError(f"boxes{{{k + 1}}}: a corner is not a [y x] pair of numbers", mat_path) from None
+        hands.append(corners)
+    return hands
+
+
+@dataclass
+class ConversionSummary:
+    images: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    boxes: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    boxes_outside: int = 0  # annotated hands lying wholly outside their image
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    data_path: Path | None = None
+
+    def format(self) -> str:
+        lines = [
+            f"train: {self.images['train']} images, {self.boxes['train']} boxes",
+            f"valid: {self.images['val']} images, {self.boxes['val']} boxes",
+        ]
+        if self.boxes_outside:
+            lines.append(f"boxes dropped (entirely outside their image): {self.boxes_outside}")
+        lines.append(f"skipped: {len(self.skipped)} image(s)")
+        reasons: dict[str, int] = {}
+        for _, reason in self.skipped:
+            reasons[reason.split(":")[0]] = reasons.get(reason.split(":")[0], 0) + 1
+        lines += [f"  {count} × {reason}" for reason, count in sorted(reasons.items())]
+        if self.data_path is not None:
+            lines.append(f"dataset spec: {self.data_path}")
+        return "\n".join(lines)
+
+
+def _find_root(src: Path) -> Path:
+    for candidate in (src, src / "hand_dataset"):
+        if all((candidate / split / data).is_dir() for split, data, _ in SOURCE_SPLITS):
+            return candidate
+    expected = ", ".join(f"{split}/{data}" for split, data, _ in SOURCE_SPLITS)
+    raise DataError(f"not an Oxford Hand folder: expected {expected} (or hand_dataset/ holding them)", src)
+
+
+def convert_oxford_hand(
+    src: str | Path, out: str | Path, skip_bad: bool = False, progress: bool = True
+) -> ConversionSummary:
+    """Convert the Oxford Hand folder `src` into a YOLO dataset in `out`.
+
+    An image without an annotation file is skipped (logged, counted). A bad image or `.mat`
+    raises DataError, or with `skip_bad` is logged, counted and skipped.
+    """
+    from tqdm import tqdm
+
+    from yoloprune.data.dataset import read_image
+
+    src, out = Path(src), Path(out)
+    root = _find_root(src)
+    summary = ConversionSummary()
+    listed: dict[str, list[Path]] = {"train": [], "val": []}
+    used_names: dict[str, set[str]] = {"train": set(), "val": set()}
+
+    def skip(path: Path, reason: str) -> None:
+        summary.skipped.append((str(path), reason))
+        log.warning("skipping %s: %s", path, reason)
+
+    for split_dir, data_dir, out_split in SOURCE_SPLITS:
+        folder = root / split_dir / data_dir
+        image_paths = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for image_path in tqdm(image_paths, desc=split_dir, unit="img", disable=not progress, leave=False):
+            mat_path = folder / "annotations" / f"{image_path.stem}.mat"
+            if not mat_path.is_file():
+                skip(image_path, "no annotation file")
+                continue
+            try:
+                image = read_image(image_path)
+                hands = read_hand_corners(mat_path)
+            except DataError as error:
+                if not skip_bad:
+                    raise
+                skip(Path(error.path or image_path), error.reason)
+                continue
+            height, width = image.shape[:2]
+            boxes = []
+            for corners in hands:
+                try:
+                    box = corners_to_box_xyxy(corners, width, height)
+                except ValueError as error:
+                    raise DataError(str(error), mat_path) from None
+                if box is None:
+                    summary.boxes_outside += 1
+                else:
+                    boxes.append(box)
+            labels_xyxy_px = np.array([(0.0, *box) for box in boxes], dtype=np.float32).reshape(-1, 5)
+            labels_cxcywh_norm = xyxy_px_to_cxcywh_norm(labels_xyxy_px, width, height)
+            # Training and validation share one output folder; keep names unique.
+            name = image_path.name
+            if name in used_names[out_split]:
+                name = f"{split_dir.split('_')[0]}_{name}"
+            used_names[out_split].add(name)
+            out_image = out / "images" / out_split / name
+            out_image.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(out_image) as tmp:
+                shutil.copyfile(image_path, tmp)
+            atomic_write_text(
+                out / "labels" / out_split / f"{Path(name).stem}.txt",
+                format_label_lines(labels_cxcywh_norm[:, 0], labels_cxcywh_norm[:, 1:]),
+            )
+            listed[out_split].append(out_image)
+            summary.images[out_split] += 1
+            summary.boxes[out_split] += len(labels_cxcywh_norm)
+    summary.data_path = write_dataset_spec(out, "hand", ["hand"], listed["train"], listed["val"])
+    return summary

@@ -1,0 +1,88 @@
+"""The synthetic hand dataset: layout, determinism, valid labels, and the check/show commands on it."""
+
+from __future__ import annotations
+
+import filecmp
+
+import cv2
+import numpy as np
+import pytest
+
+from yoloprune.cli import main
+from yoloprune.data.check import check_dataset
+from yoloprune.data.spec import label_path_for, load_data_spec, read_image_list, read_labels
+from yoloprune.data.synth import generate_synthetic_dataset, render_synthetic_image
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    return generate_synthetic_dataset(out, n_train=12, n_val=4, img_size=96, seed=7, progress=False)
+
+
+def test_layout_and_labels(synth_data):
+    spec = load_data_spec(synth_data)
+    assert spec.classes == 1 and spec.names == ["hand"]
+    train, valid = read_image_list(spec.train), read_image_list(spec.valid)
+    assert len(train) == 12 and len(valid) == 4
+    assert all(p.parent == synth_data.parent / "images" / "train" for p in train)
+    assert all(p.parent == synth_data.parent / "images" / "val" for p in valid)
+    box_count = 0
+    for image_path in train + valid:
+        image = cv2.imread(str(image_path))
+        assert image.shape == (96, 96, 3)
+        labels = read_labels(label_path_for(image_path), 1)  # raises on any malformed line
+        assert labels is not None and len(labels) <= 6
+        box_count += len(labels)
+    assert box_count >= len(train + valid)  # 1–6 hands per image, rarely one hidden
+
+
+def test_same_seed_gives_identical_files(synth_data, tmp_path):
+    again = generate_synthetic_dataset(tmp_path / "again", n_train=12, n_val=4, img_size=96, seed=7, progress=False)
+    names = ["synth.data", "synth.names", "train.txt", "valid.txt"]
+    names += [f"{kind}/{split}/{i:06d}.{ext}" for kind, ext in (("images", "jpg"), ("labels", "txt"))
+              for split, count in (("train", 12), ("val", 4)) for i in range(count)]
+    match, mismatch, errors = filecmp.cmpfiles(synth_data.parent, again.parent, names, shallow=False)
+    assert mismatch == [] and errors == []
+    other = generate_synthetic_dataset(tmp_path / "other", n_train=2, n_val=0, img_size=96, seed=8, progress=False)
+    assert (other.parent / "images/train/000000.jpg").read_bytes() != (synth_data.parent / "images/train/000000.jpg").read_bytes()
+
+
+def test_an_image_depends_only_on_its_seed_split_and_index(synth_data, tmp_path):
+    # A shorter run reproduces the first images of a longer one.
+    short = generate_synthetic_dataset(tmp_path / "short", n_train=3, n_val=1, img_size=96, seed=7, progress=False)
+    for name in ("images/train/000002.jpg", "labels/train/000002.txt", "labels/val/000000.txt"):
+        assert (short.parent / name).read_bytes() == (synth_data.parent / name).read_bytes()
+
+
+def test_boxes_lie_inside_the_image_and_on_hand_pixels():
+    for index in range(20):
+        image, boxes = render_synthetic_image(np.random.default_rng([1, index]), 128)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        assert boxes.ndim == 2 and boxes.shape[1] == 4
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 128).all()
+        assert (boxes[:, 2:] - boxes[:, :2] >= 3).all()
+
+
+def test_check_reports_no_problems(synth_data, capsys):
+    report = check_dataset(synth_data, progress=False)
+    assert report.problems == [] and report.splits[0].images == 12 and report.splits[1].images == 4
+    assert main(["data", "check", str(synth_data)]) == 0
+    assert "problems: 0" in capsys.readouterr().out
+
+
+def test_show_writes_a_grid(synth_data, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["data", "show", str(synth_data), "--out", str(out), "--count", "6", "--columns", "3",
+                 "--img-size", "64"]) == 0
+    grid = cv2.imread(str(out))
+    assert grid.shape[0] > 2 * 64 and grid.shape[1] > 3 * 64
+    assert main(["data", "show", str(synth_data), "--out", str(out), "--augment", "--mosaic", "1",
+                 "--count", "4", "--img-size", "64"]) == 0
+
+
+def test_synth_cli(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "s"), "--train", "3", "--val", "2", "--img-size", "64",
+                 "--seed", "1"]) == 0
+    assert "wrote 3 train + 2 val images" in capsys.readouterr().out
+    assert len(read_image_list(tmp_path / "s" / "valid.txt")) == 2
