@@ -1,0 +1,294 @@
+"""Apply a `PrunePlan`: fold what is removed into what stays, then cut the network down.
+
+A removed channel is treated as the constant it outputs once its γ is (near) zero: act(β). That
+constant is not lost: it is carried forward through the graph and added where a linear operation
+can absorb it. Following a channel-wise constant offset `o` (the original output minus the pruned
+network's output) from layer to layer:
+
+- conv: its pre-BN output gains Σ over kernel taps of W·o per output channel; subtracting that
+  from the following BN's running_mean (or adding it to the conv bias without BN) makes the conv's
+  output exact again — everywhere for 1×1 convs, away from the zero-padded border for larger ones;
+- shortcut (linear): the offsets of the two summands add up;
+- route: offsets are concatenated (sliced with `groups`);
+- upsample, maxpool: pass through (max(x + c) = max(x) + c per channel);
+- a removed residual block: its branch outputs the constant act(β) of its second conv, which the
+  shortcut keeps adding; so the block's offset is that constant, passed on like any other.
+
+Two steps make this checkable: `fold_pruned_constants` gives a *keep-size* state (same shapes as the
+original, removed channels zeroed so they output exactly 0, constants folded into the consumers),
+and `build_compact_model` slices it. The compact model equals the keep-size model everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from yoloprune.darknet.cfg import (
+    ConvBlock,
+    DarknetCfg,
+    MaxpoolBlock,
+    RouteBlock,
+    ShortcutBlock,
+    UpsampleBlock,
+    YoloBlock,
+    copy_block,
+)
+from yoloprune.darknet.graph import ResidualBlock
+from yoloprune.darknet.model import Darknet, make_activation
+from yoloprune.prune.plan import PrunePlan
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- cfg surgery
+
+
+def build_pruned_cfg(
+    cfg: DarknetCfg,
+    filters: dict[int, int] | None = None,
+    removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (),
+) -> DarknetCfg:
+    """The cfg with conv `filters` changed and residual blocks removed; route/shortcut references
+    are renumbered (relative ones stay relative) and a reference to a removed block's shortcut
+    points to the block's input, which is what that shortcut outputs once the block is gone."""
+    filters = filters or {}
+    removed_shortcuts = {block.shortcut: block for block in removed_blocks}
+    removed = {idx for block in removed_blocks for idx in block.layers}
+    alias: dict[int, int] = {}  # removed shortcut -> the kept layer standing for its output
+    new_index: dict[int, int] = {}
+    layers = []
+
+    def target(old_idx: int) -> int:
+        return new_index[alias.get(old_idx, old_idx)]
+
+    def rewrite(old_idx: int, new_idx: int, ref: int) -> int:
+        new_target = target(cfg.resolve(old_idx, ref))
+        return new_target - new_idx if ref < 0 else new_target
+
+    for idx, block in enumerate(cfg.layers):
+        if idx in removed:
+            if idx in removed_shortcuts:
+                before = removed_shortcuts[idx].first - 1
+                alias[idx] = alias.get(before, before)
+            continue
+        new_idx = len(layers)
+        new_index[idx] = new_idx
+        if isinstance(block, ConvBlock):
+            block = copy_block(block, filters=filters.get(idx, block.filters))
+        elif isinstance(block, RouteBlock):
+            block = copy_block(block, layers=tuple(rewrite(idx, new_idx, ref) for ref in block.layers))
+        elif isinstance(block, ShortcutBlock):
+            block = copy_block(block, from_=rewrite(idx, new_idx, block.from_))
+        if not isinstance(block, RouteBlock) and idx > 0 and target(idx - 1) != new_idx - 1:
+            raise ValueError(f"layer {idx} would lose its input (layer {idx - 1}) when removing {sorted(removed)}")
+        layers.append(block)
+    return cfg.replace(layers)
+
+
+# ---------------------------------------------------------------------------------------------- keep-size folding
+
+
+def _removed_masks(model: Darknet, plan: PrunePlan) -> dict[int, torch.Tensor]:
+    """Per conv layer: True for output channels the plan removes (all of a removed block's second conv)."""
+    masks = {}
+    for idx, kept in plan.kept_channels.items():
+        mask = torch.ones(model.out_channels[idx], dtype=torch.bool)
+        mask[torch.as_tensor(kept, dtype=torch.long)] = False
+        masks[idx] = mask
+    for block in plan.removed_blocks:
+        masks[block.second] = torch.ones(model.out_channels[block.second], dtype=torch.bool)
+    return masks
+
+
+def _conv_input_shift(weight: torch.Tensor, offset: torch.Tensor, groups: int) -> torch.Tensor:
+    """Σ over input channels and kernel taps of W·offset: what a constant input adds to each output."""
+    if groups == 1:
+        return weight.sum(dim=(2, 3)).double() @ offset
+    weight = weight.double()
+    k_h, k_w = weight.shape[-2:]
+    patch = offset.view(1, -1, 1, 1).expand(1, offset.numel(), k_h, k_w)
+    return F.conv2d(patch, weight, groups=groups).view(-1)
+
+
+def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Tensor]:
+    """A keep-size state dict: removed channels have γ = β = 0 (so they output exactly 0) and their
+    constants act(β) are folded into the layers that read them. `model` is not changed. The state
+    is on the CPU; for a CPU model its conv weights are `model`'s own tensors (never written)."""
+    cfg = model.cfg
+    # Folding runs on the CPU whatever the model's device. Conv weights are only read, so on the CPU
+    # they stay shared with `model`; everything folding writes is a copy.
+    state = {
+        name: tensor.detach().cpu() if name.endswith("conv.weight") else tensor.detach().cpu().clone()
+        for name, tensor in model.state_dict().items()
+    }
+    removed_masks = _removed_masks(model, plan)
+    kept = _kept_indices(model, plan)
+    removed_shortcuts = {block.shortcut: block for block in plan.removed_blocks}
+    offsets: list[torch.Tensor | None] = []  # per layer output: original minus keep-size, per channel
+
+    def offset_or_zeros(idx: int) -> torch.Tensor:
+        channels = cfg.net.channels if idx < 0 else model.out_channels[idx]
+        found = None if idx < 0 else offsets[idx]
+        return found if found is not None else torch.zeros(channels, dtype=torch.float64)
+
+    with torch.no_grad():
+        for idx, block in enumerate(cfg.layers):
+            inputs = cfg.inputs_of(idx)
+            incoming = [None if j < 0 else offsets[j] for j in inputs]
+            offset: torch.Tensor | None = None
+            if isinstance(block, ConvBlock):
+                prefix = f"layers.{idx}."
+                if incoming[0] is not None:
+                    shift = _conv_input_shift(state[prefix + "conv.weight"], incoming[0], block.groups)
+                    if block.batch_normalize:
+                        state[prefix + "bn.running_mean"] -= shift.to(state[prefix + "bn.running_mean"].dtype)
+                    else:
+                        state[prefix + "conv.bias"] += shift.to(state[prefix + "conv.bias"].dtype)
+                mask = removed_masks.get(idx)
+                if mask is not None and mask.any():
+                    beta = state[prefix + "bn.bias"]
+                    offset = torch.zeros(block.filters, dtype=torch.float64)
+                    offset[mask] = make_activation(block.activation)(beta[mask].double())
+                    state[prefix + "bn.weight"][mask] = 0
+                    beta[mask] = 0
+            elif isinstance(block, ShortcutBlock):
+                if idx in removed_shortcuts:
+                    residual = removed_shortcuts[idx]
+                    offset = offset_or_zeros(residual.first - 1) + offset_or_zeros(residual.second)
+                elif incoming[0] is not None or incoming[1] is not None:
+                    total = offset_or_zeros(inputs[0]) + offset_or_zeros(inputs[1])
+                    if block.activation == "linear":
+                        offset = total
+                    else:
+                        # act(x + c) differs from act(x) by a constant only where x is constant: in the
+                        # removed channels, whose keep-size summands are both exactly 0
+                        removed = torch.ones(len(total), dtype=torch.bool)
+                        removed[kept[idx]] = False
+                        offset = torch.zeros_like(total)
+                        offset[removed] = make_activation(block.activation)(total[removed])
+                        if total[~removed].abs().max() > 0:
+                            log.warning("shortcut %d has a %s activation: a constant reaching its kept channels is dropped", idx, block.activation)
+            elif isinstance(block, RouteBlock):
+                if any(o is not None for o in incoming):
+                    parts = []
+                    for j in inputs:
+                        part = offset_or_zeros(j)
+                        if block.groups > 1:
+                            part = part.chunk(block.groups)[block.group_id]
+                        parts.append(part)
+                    offset = torch.cat(parts)
+            elif isinstance(block, (UpsampleBlock, MaxpoolBlock)):
+                offset = incoming[0]
+            elif isinstance(block, YoloBlock):
+                if incoming[0] is not None and incoming[0].abs().max() > 0:
+                    log.warning("[yolo] %d reads a layer carrying a folded constant; it cannot absorb it", idx)
+            offsets.append(offset if offset is not None and offset.abs().max() > 0 else None)
+    return state
+
+
+def mask_model(model: Darknet, plan: PrunePlan) -> Darknet:
+    """The keep-size pruned model: same shapes as `model`, removed channels output 0, constants folded."""
+    masked = Darknet(model.cfg)
+    masked.load_state_dict(fold_pruned_constants(model, plan))
+    return masked.to(next(model.parameters()).device).train(model.training)
+
+
+# ---------------------------------------------------------------------------------------------- compact model
+
+
+def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
+    """Per layer output of the original network: the channels that survive, in order."""
+    cfg = model.cfg
+    removed_shortcuts = {block.shortcut: block for block in plan.removed_blocks}
+    removed = plan.removed_layers
+    kept: list[torch.Tensor] = []
+
+    def of(j: int) -> torch.Tensor:
+        return torch.arange(cfg.net.channels) if j < 0 else kept[j]
+
+    for idx, block in enumerate(cfg.layers):
+        inputs = cfg.inputs_of(idx)
+        if isinstance(block, ConvBlock):
+            if idx in removed:
+                kept.append(torch.empty(0, dtype=torch.long))
+            elif idx in plan.kept_channels:
+                kept.append(torch.as_tensor(plan.kept_channels[idx], dtype=torch.long))
+            else:
+                kept.append(torch.arange(block.filters))
+        elif isinstance(block, ShortcutBlock):
+            if idx in removed_shortcuts:
+                kept.append(of(removed_shortcuts[idx].first - 1))
+            else:
+                first, second = of(inputs[0]), of(inputs[1])
+                if not torch.equal(first, second):
+                    raise ValueError(f"shortcut {idx}: its summands keep different channels (layers {inputs})")
+                kept.append(first)
+        elif isinstance(block, RouteBlock):
+            parts, offset = [], 0
+            for j in inputs:
+                channels = cfg.net.channels if j < 0 else model.out_channels[j]
+                indices = of(j)
+                if block.groups > 1:
+                    width = channels // block.groups
+                    low = width * block.group_id
+                    indices = indices[(indices >= low) & (indices < low + width)] - low
+                    channels = width
+                parts.append(indices + offset)
+                offset += channels
+            kept.append(torch.cat(parts))
+        else:
+            kept.append(of(inputs[0]))
+    return kept
+
+
+def build_compact_model(model: Darknet, plan: PrunePlan, state: dict[str, torch.Tensor] | None = None) -> Darknet:
+    """The pruned network at its new size, weights sliced from `state` (default: the folded state)."""
+    if state is None:
+        state = fold_pruned_constants(model, plan)
+    cfg = model.cfg
+    kept = _kept_indices(model, plan)
+    filters = {idx: len(kept[idx]) for idx, block in enumerate(cfg.layers) if isinstance(block, ConvBlock)}
+    pruned_cfg = build_pruned_cfg(cfg, filters, plan.removed_blocks)
+    removed = plan.removed_layers
+    new_index = {}
+    for idx in range(len(cfg.layers)):
+        if idx not in removed:
+            new_index[idx] = len(new_index)
+    compact_state = {}
+    for idx, block in enumerate(cfg.layers):
+        if not isinstance(block, ConvBlock) or idx in removed:
+            continue
+        old, new = f"layers.{idx}.", f"layers.{new_index[idx]}."
+        out_idx = kept[idx]
+        j = cfg.inputs_of(idx)[0]
+        in_idx = torch.arange(cfg.net.channels) if j < 0 else kept[j]
+        weight = state[old + "conv.weight"].index_select(0, out_idx)
+        if block.groups == 1:
+            weight = weight.index_select(1, in_idx)
+        elif len(in_idx) != weight.shape[1] * block.groups or len(out_idx) != block.filters:
+            raise ValueError(f"grouped conv {idx} cannot lose channels")
+        compact_state[new + "conv.weight"] = weight
+        if block.batch_normalize:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                compact_state[new + "bn." + name] = state[old + "bn." + name].index_select(0, out_idx)
+            compact_state[new + "bn.num_batches_tracked"] = state[old + "bn.num_batches_tracked"].clone()
+        else:
+            compact_state[new + "conv.bias"] = state[old + "conv.bias"].index_select(0, out_idx)
+    compact = Darknet(pruned_cfg)
+    compact.load_state_dict(compact_state, assign=True)  # the sliced tensors are new: no copy needed
+    return compact.to(next(model.parameters()).device).train(model.training)
+
+
+def prune_model(model: Darknet, plan: PrunePlan) -> tuple[Darknet, dict]:
+    """Apply `plan` to `model` (left unchanged): the compact pruned model and its report (see
+    `prune.report.build_prune_report`)."""
+    from yoloprune.prune.report import build_prune_report
+
+    start = time.perf_counter()
+    pruned = build_compact_model(model, plan)
+    report = build_prune_report(model, pruned, plan, apply_seconds=time.perf_counter() - start)
+    return pruned, report

@@ -1,0 +1,261 @@
+"""Channel pruning plans: rank candidate channels by |γ| and cut by a global threshold or a budget.
+
+Candidates (`mode`):
+- "safe": the seed's rule (`darknet.graph.safe_prunable_conv_indices`); every candidate conv is
+  pruned on its own;
+- "full": every prunable channel set of `darknet.graph.analyze_graph`. Convs whose outputs are summed
+  by a shortcut chain share one channel set, so a channel of the set is removed from all of them.
+
+Importance of a channel of a shared set = the **max** of its members' |γ|. A channel is removed
+only when it is negligible in every summand: the max keeps the meaning of the threshold the same
+for a lone conv and for a chain of nine (every removed channel of every conv has |γ| below the
+threshold), whereas a sum would grow with the chain's length and shield the deep residual stages
+from pruning for no reason other than their depth.
+
+Threshold:
+- `ratio=P`: remove the fraction P of candidate channels with the lowest importance (one global
+  ranking over all candidates; a shared set's channel counts once);
+- `threshold=T`: remove the channels whose importance is below T;
+- `target_flops=F` / `target_params=F`: the number of lowest-ranked channels to remove is found by
+  bisection so that the pruned model's MACs (or parameters) land on F × the original's. Cost is
+  counted from the cfg (`darknet.graph.count_cfg_macs`), so each step takes about a millisecond.
+
+Among channels of equal importance (exact zeros, typically) the one in the costlier conv goes first.
+
+Per conv at least `min_keep` channels stay (a fraction of its width if < 1, else a count; never
+zero), and with `round_to=R` the kept count is rounded up to a multiple of R (the extra channels
+are the next most important ones).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from yoloprune.darknet.graph import (
+    ResidualBlock,
+    analyze_graph,
+    count_cfg_macs,
+    count_cfg_params,
+    infer_output_hw,
+    prunable_conv_indices,
+)
+from yoloprune.darknet.model import Darknet
+from yoloprune.prune.apply import build_pruned_cfg
+from yoloprune.prune.plan import PRUNE_MODES, PrunePlan
+
+log = logging.getLogger(__name__)
+
+BUDGET_TOLERANCE = 0.01  # relative: a budget F is met when the cost lands in F·(1 ± 1 %)
+
+
+@dataclass
+class _Unit:
+    """Convs pruned together (one channel set) and the importance of each of their channels."""
+
+    convs: tuple[int, ...]
+    importance: torch.Tensor  # (channels,) float64
+    min_keep: int = 1
+    channel_macs: int = 0  # what one output channel of the unit's convs costs
+
+    @property
+    def channels(self) -> int:
+        return int(self.importance.numel())
+
+
+def bn_gammas(model: Darknet) -> dict[int, torch.Tensor]:
+    """|γ| of every batch-normalised conv, as float64 on the CPU."""
+    return {
+        idx: layer.bn.weight.detach().abs().double().cpu()
+        for idx, layer in enumerate(model.layers)
+        if getattr(layer, "bn", None) is not None
+    }
+
+
+def min_keep_count(min_keep: float, channels: int) -> int:
+    """Channels a conv keeps at least: `min_keep` < 1 is a fraction of `channels`, else a count; ≥ 1."""
+    if min_keep < 0:
+        raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+    wanted = math.ceil(min_keep * channels) if min_keep < 1 else int(min_keep)
+    return max(1, min(channels, wanted))
+
+
+def _candidate_units(model: Darknet, mode: str, removed_layers: set[int], min_keep: float, img_size: int) -> list[_Unit]:
+    gammas = bn_gammas(model)
+    cfg = model.cfg
+    sizes = infer_output_hw(cfg, (img_size, img_size))
+    units: list[_Unit] = []
+    if mode == "safe":
+        for idx in prunable_conv_indices(model.cfg, "safe"):
+            if idx not in removed_layers:
+                units.append(_Unit((idx,), gammas[idx]))
+    else:
+        for group in analyze_graph(model.cfg).prunable_groups():
+            members = tuple(idx for idx in group.convs if idx not in removed_layers)
+            if members:
+                importance = torch.stack([gammas[idx] for idx in members]).amax(dim=0)
+                units.append(_Unit(members, importance))
+    for unit in units:
+        unit.min_keep = min_keep_count(min_keep, unit.channels)
+        for idx in unit.convs:
+            j, block = cfg.inputs_of(idx)[0], cfg.layers[idx]
+            in_channels = cfg.net.channels if j < 0 else model.out_channels[j]
+            unit.channel_macs += sizes[idx][0] * sizes[idx][1] * block.size**2 * in_channels // block.groups
+    return units
+
+
+class _Ranking:
+    """All candidate channels in one global order, lowest importance first."""
+
+    def __init__(self, units: list[_Unit]):
+        self.units = units
+        if units:
+            values = torch.cat([unit.importance for unit in units])
+            unit_ids = torch.cat([torch.full((unit.channels,), i, dtype=torch.long) for i, unit in enumerate(units)])
+            costs = torch.cat([torch.full((unit.channels,), float(unit.channel_macs), dtype=torch.float64) for unit in units])
+        else:
+            values = costs = torch.zeros(0, dtype=torch.float64)
+            unit_ids = torch.zeros(0, dtype=torch.long)
+        # lowest importance first; among equal importances (e.g. exact zeros) the costlier channel first
+        order = torch.from_numpy(np.lexsort((-costs.numpy(), values.numpy())))
+        self.sorted_values = values[order]
+        self.unit_of_rank = unit_ids[order]
+        # within a unit, channels by descending importance (ties: lower channel index first)
+        self.unit_order = [torch.sort(-unit.importance, stable=True).indices for unit in units]
+
+    @property
+    def size(self) -> int:
+        return int(self.sorted_values.numel())
+
+    def count_below(self, threshold: float) -> int:
+        return int(torch.searchsorted(self.sorted_values, torch.tensor([threshold], dtype=torch.float64)).item())
+
+    def threshold(self, removed: int) -> float | None:
+        """The importance of the lowest-ranked channel that stays."""
+        if self.size == 0:
+            return None
+        return float(self.sorted_values[min(removed, self.size - 1)])
+
+    def kept_counts(self, removed: int, round_to: int) -> list[int]:
+        """Channels each unit keeps when the `removed` lowest-ranked channels go, after min_keep and rounding."""
+        removed_per_unit = torch.bincount(self.unit_of_rank[:removed], minlength=len(self.units)).tolist()
+        counts = []
+        for unit, gone in zip(self.units, removed_per_unit):
+            keep = max(unit.channels - gone, unit.min_keep)
+            if round_to > 1:
+                keep = min(unit.channels, math.ceil(keep / round_to) * round_to)
+            counts.append(keep)
+        return counts
+
+    def kept_channels(self, counts: list[int]) -> dict[int, list[int]]:
+        kept: dict[int, list[int]] = {}
+        for unit, order, count in zip(self.units, self.unit_order, counts):
+            if count < unit.channels:
+                channels = sorted(order[:count].tolist())
+                for idx in unit.convs:
+                    kept[idx] = channels
+        return kept
+
+
+def _filters_for(units: list[_Unit], counts: list[int]) -> dict[int, int]:
+    return {idx: count for unit, count in zip(units, counts) for idx in unit.convs}
+
+
+def plan_channel_prune(
+    model: Darknet,
+    mode: str = "safe",
+    ratio: float | None = None,
+    threshold: float | None = None,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    min_keep: float = 1,
+    round_to: int = 1,
+    img_size: int | None = None,
+    removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (),
+) -> PrunePlan:
+    """Plan which channels to remove (see the module docstring). At most one of `ratio`,
+    `threshold` (remove channels whose importance is below it), `target_flops`, `target_params`;
+    with none, no channel is removed (a layer-only plan).
+    `removed_blocks` (from `prune.layer.plan_layer_prune`) are taken out first and count towards a budget."""
+    if mode not in PRUNE_MODES:
+        raise ValueError(f"mode must be one of {PRUNE_MODES}, got {mode!r}")
+    given = [name for name, value in (("ratio", ratio), ("threshold", threshold), ("target_flops", target_flops), ("target_params", target_params)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of ratio, target_flops, target_params, not {' and '.join(given)}")
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    for name, value in (("target_flops", target_flops), ("target_params", target_params)):
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    cfg = model.cfg
+    img_size = img_size or cfg.net.width
+    removed_blocks = list(removed_blocks)
+    removed_layers = {idx for block in removed_blocks for idx in block.layers}
+    units = _candidate_units(model, mode, removed_layers, min_keep, img_size)
+    ranking = _Ranking(units)
+
+    def cost(removed: int) -> tuple[int, int]:
+        pruned_cfg = build_pruned_cfg(cfg, _filters_for(units, ranking.kept_counts(removed, round_to)), removed_blocks)
+        return count_cfg_macs(pruned_cfg, img_size), count_cfg_params(pruned_cfg)
+
+    macs_before, params_before = count_cfg_macs(cfg, img_size), count_cfg_params(cfg)
+    settings: dict = {"ratio": ratio, "threshold": threshold, "target_flops": target_flops, "target_params": target_params, "min_keep": min_keep, "round_to": round_to}
+    if ratio is not None:
+        removed = int(ranking.size * ratio)
+    elif threshold is not None:
+        removed = ranking.count_below(threshold)
+    elif target_flops is not None or target_params is not None:
+        target = target_flops if target_flops is not None else target_params
+        which = 0 if target_flops is not None else 1
+        before = (macs_before, params_before)[which]
+        removed = _search_budget(lambda k: cost(k)[which] / before, ranking.size, target)
+        achieved = cost(removed)[which] / before
+        settings["achieved"] = achieved
+        if abs(achieved / target - 1) > BUDGET_TOLERANCE:
+            log.warning(
+                "budget %s=%.4f not reachable within %.0f %% in %s mode (min_keep=%s, round_to=%s): got %.4f",
+                "target_flops" if which == 0 else "target_params", target, 100 * BUDGET_TOLERANCE, mode, min_keep, round_to, achieved,
+            )
+    else:
+        removed = 0
+    counts = ranking.kept_counts(removed, round_to)
+    kept = ranking.kept_channels(counts)
+    macs_after, params_after = cost(removed)
+    return PrunePlan(
+        mode=mode,
+        threshold=threshold if threshold is not None else (ranking.threshold(removed) if removed else None),
+        kept_channels=kept,
+        removed_blocks=removed_blocks,
+        candidate_layers=sorted(idx for unit in units for idx in unit.convs),
+        channels_before={idx: block.filters for idx, block in enumerate(cfg.layers) if hasattr(block, "filters")},
+        img_size=img_size,
+        settings=settings,
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=macs_before,
+        macs_after=macs_after,
+    )
+
+
+def _search_budget(fraction_after, candidates: int, target: float) -> int:
+    """How many lowest-ranked channels to remove so that `fraction_after(k)` (non-increasing in k)
+    is closest to `target`: bisection for the first k at or under the target, then the nearer of
+    k and k - 1."""
+    if fraction_after(0) <= target:
+        return 0
+    if fraction_after(candidates) > target:
+        return candidates
+    low, high = 0, candidates  # fraction_after(low) > target >= fraction_after(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fraction_after(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return low if abs(fraction_after(low) - target) < abs(fraction_after(high) - target) else high

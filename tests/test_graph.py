@@ -1,0 +1,179 @@
+"""darknet/graph.py: channel sets, prunable layers, residual blocks and cfg-only cost counts."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import CONFIGS, FIXTURES
+from yoloprune.darknet.builder import build_yolov3_cfg_text
+from yoloprune.darknet.cfg import ConvBlock, ShortcutBlock, load_cfg, parse_cfg
+from yoloprune.darknet.graph import (
+    analyze_graph,
+    count_cfg_macs,
+    count_cfg_params,
+    infer_output_hw,
+    prunable_conv_indices,
+    residual_blocks,
+    safe_prunable_conv_indices,
+)
+from yoloprune.darknet.model import Darknet, count_parameters
+from yoloprune.prune.apply import build_pruned_cfg
+
+ALL_CFGS = [FIXTURES / f"{name}.cfg" for name in ("yolov3", "yolov3-tiny", "yolov3-spp", "yolov3-hand", "prune_yolov3-hand")] + [
+    CONFIGS / "yolov3-hand-nano.cfg",
+    CONFIGS / "yolov3-hand-small.cfg",
+]
+
+
+def test_seed_rule_gives_42_layers_on_the_hand_cfg():
+    cfg = load_cfg(FIXTURES / "yolov3-hand.cfg")
+    assert len(safe_prunable_conv_indices(cfg)) == 42
+    assert prunable_conv_indices(cfg, "safe") == safe_prunable_conv_indices(cfg)
+
+
+@pytest.mark.parametrize("cfg_path", ALL_CFGS, ids=lambda p: p.stem)
+def test_channel_sets_are_consistent(cfg_path):
+    cfg = load_cfg(cfg_path)
+    graph = analyze_graph(cfg)
+    convs = [i for i, b in enumerate(cfg.layers) if isinstance(b, ConvBlock)]
+    # every conv belongs to exactly one set, all members of a set have the same width
+    assert sorted(i for g in graph.groups.values() for i in g.convs) == convs
+    for group in graph.groups.values():
+        assert {cfg.layers[i].filters for i in group.convs} == {group.channels}
+    # the channel map of every layer covers exactly its output channels
+    for idx, spans in enumerate(graph.channel_maps):
+        assert sum(s.size for s in spans) == graph.out_channels[idx]
+    # both summands of every shortcut are in one set; convs feeding a head never prunable
+    for idx, block in enumerate(cfg.layers):
+        if isinstance(block, ShortcutBlock):
+            a, b = (graph.channel_maps[j] for j in cfg.inputs_of(idx))
+            assert len(a) == len(b) == 1 and a[0].group == b[0].group
+    for yolo_idx in cfg.yolo_indices:
+        assert not graph.group_for(yolo_idx - 1).prunable
+    # safe ⊆ full ⊆ BN convs; safe convs are never part of a shortcut chain
+    safe, full = set(prunable_conv_indices(cfg, "safe")), set(prunable_conv_indices(cfg, "full"))
+    assert safe <= full
+    assert all(cfg.layers[i].batch_normalize for i in full)
+    assert all(len(graph.group_for(i).convs) == 1 for i in safe)
+
+
+def test_residual_chains_are_coupled_groups():
+    cfg = load_cfg(FIXTURES / "yolov3.cfg")
+    graph = analyze_graph(cfg)
+    # Darknet-53: a stride-2 conv followed by 1, 2, 8, 8, 4 residual blocks
+    assert sorted(len(g.convs) for g in graph.coupled_groups) == [2, 3, 5, 9, 9]
+    assert len(residual_blocks(cfg)) == 23
+    assert not residual_blocks(load_cfg(FIXTURES / "yolov3-tiny.cfg"))
+
+
+def test_route_groups_and_grouped_convs_are_not_prunable():
+    text = """
+[net]
+width=32
+height=32
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+pad=1
+activation=leaky
+[route]
+layers=-1
+groups=2
+group_id=1
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+pad=1
+groups=4
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=4
+size=1
+activation=leaky
+[convolutional]
+filters=6
+size=1
+activation=linear
+[yolo]
+mask=0
+anchors=10,13
+classes=1
+num=1
+"""
+    cfg = parse_cfg(text)
+    graph = analyze_graph(cfg)
+    assert prunable_conv_indices(cfg, "full") == [3]
+    assert any("grouped route" in r for r in graph.group_for(0).reasons)
+    assert any("grouped conv" in r for r in graph.group_for(2).reasons)
+    # the grouped route reads the upper half of layer 0
+    assert [(s.group, s.start, s.stop) for s in graph.channel_maps[1]] == [(0, 4, 8)]
+
+
+@pytest.mark.parametrize("cfg_path, size", [(FIXTURES / "yolov3-tiny.cfg", 64), (CONFIGS / "yolov3-hand-nano.cfg", 96)], ids=["tiny", "nano"])
+def test_cfg_macs_and_params_match_torch(cfg_path, size):
+    cfg = load_cfg(cfg_path)
+    for variant in (cfg, build_pruned_cfg(cfg, {i: max(1, cfg.layers[i].filters // 3) for i in prunable_conv_indices(cfg, "full")})):
+        model = Darknet(variant).eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            heads = model.forward_heads(torch.zeros(1, 3, size, size))
+        assert count_cfg_macs(variant, size) * 2 == counter.get_total_flops()
+        assert count_cfg_params(variant) == count_parameters(model)
+        hw = infer_output_hw(variant, (size, size))
+        assert [tuple(h.shape[2:4]) for h in heads] == [hw[i] for i in variant.yolo_indices]
+
+
+def test_cfg_params_match_known_counts():
+    # the counts in the design notes (darknet's own reports)
+    assert count_cfg_params(load_cfg(FIXTURES / "yolov3.cfg")) == 61_949_149
+    assert count_cfg_params(load_cfg(FIXTURES / "yolov3-tiny.cfg")) == 8_852_366
+    assert count_cfg_params(load_cfg(FIXTURES / "yolov3-hand.cfg")) == 61_523_734
+    assert abs(2 * count_cfg_macs(load_cfg(FIXTURES / "yolov3.cfg"), 416) / 1e9 - 65.86) < 0.01
+
+
+def test_builder_cfgs_have_the_hand_structure():
+    for width in (0.0625, 0.25, 1.0):
+        cfg = parse_cfg(build_yolov3_cfg_text(width, classes=1))
+        assert len(safe_prunable_conv_indices(cfg)) == 42
+        assert len(residual_blocks(cfg)) == 23
+
+
+def test_safe_set_skips_what_the_graph_rules_out():
+    # yolov4-tiny style: a conv read through a grouped route must not be pruned in either mode
+    text = """
+[net]
+width=32
+height=32
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+pad=1
+activation=leaky
+[route]
+layers=-1
+groups=2
+group_id=1
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+pad=1
+activation=leaky
+[convolutional]
+filters=6
+size=1
+activation=linear
+[yolo]
+mask=0
+anchors=10,13
+classes=1
+num=1
+"""
+    cfg = parse_cfg(text)
+    assert safe_prunable_conv_indices(cfg) == [2]

@@ -1,0 +1,130 @@
+"""`yoloprune prune` end to end: files written, readable by OpenCV DNN and by the project, errors as one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS, FIXTURES
+from test_opencv_oracle import opencv_head_outputs
+from test_prune_exact import heads, max_diff, sparse_nano
+from yoloprune.cli import main
+from yoloprune.darknet.cfg import load_cfg
+from yoloprune.darknet.graph import count_cfg_macs
+from yoloprune.darknet.model import Darknet, count_parameters
+from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
+from yoloprune.prune.plan import PrunePlan
+
+OUTPUTS = ("plan.json", "pruned.cfg", "pruned.weights", "pruned.pt", "report.json", "channels.png")
+
+
+def assert_matches_opencv(out_dir, size: int) -> None:
+    model = load_model(out_dir / "pruned.cfg", out_dir / "pruned.weights").eval()
+    head_convs = [i - 1 for i in model.yolo_indices]
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    expected = opencv_head_outputs(out_dir / "pruned.cfg", out_dir / "pruned.weights", x, head_convs)
+    for reference, raw in zip(expected, heads(model, x)):
+        ours = raw.permute(0, 1, 4, 2, 3).reshape(reference.shape).numpy()
+        assert np.abs(ours - reference).max() <= 1e-4 * max(1.0, np.abs(reference).max())
+
+
+def test_prune_cli_on_a_checkpoint(tmp_path, capsys):
+    model = sparse_nano()
+    checkpoint = tmp_path / "sparse.pt"
+    save_checkpoint(checkpoint, model)
+    out = tmp_path / "out"
+    code = main(["prune", "--weights", str(checkpoint), "--out", str(out), "--mode", "full", "--target-flops", "0.5", "--layers", "3", "--round", "2"])
+    assert code == 0
+    assert all((out / name).is_file() for name in OUTPUTS)
+    report = json.loads((out / "report.json").read_text())
+    assert abs(report["macs_ratio"] / 0.5 - 1) <= 0.01
+    assert len(report["removed_blocks"]) == 3
+    plan = PrunePlan.load(out / "plan.json")
+    # the .pt and the darknet pair hold the same network, which is the plan applied to the model
+    from_pt = load_model(None, out / "pruned.pt").eval()
+    from_darknet = load_model(out / "pruned.cfg", out / "pruned.weights").eval()
+    from yoloprune.prune.apply import prune_model
+
+    expected, _ = prune_model(model, plan)
+    x = torch.rand(1, 3, 64, 64)
+    assert max_diff(heads(from_pt, x), heads(expected, x)) == 0
+    assert max_diff(heads(from_darknet, x), heads(expected, x)) == 0
+    assert count_parameters(from_pt) == report["params_after"]
+    assert "MACs@128" in capsys.readouterr().out
+    assert_matches_opencv(out, 96)
+
+
+def test_plan_only_writes_just_the_plan(tmp_path):
+    model = sparse_nano()
+    weights = tmp_path / "model.weights"
+    save_darknet_weights(model, weights)
+    out = tmp_path / "out"
+    assert main(["prune", "--cfg", str(CONFIGS / "yolov3-hand-nano.cfg"), "--weights", str(weights), "--out", str(out), "--mode", "safe", "--ratio", "0.5", "--plan-only"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "say how much to prune"),
+        (["--ratio", "1.5"], "--ratio"),
+        (["--target-flops", "0"], "--target-flops"),
+        (["--ratio", "0.5", "--calibrate", "10"], "--calibrate needs --data"),
+        (["--max-map-drop", "0.01"], "--data"),
+        (["--ratio", "0.5", "--min-keep", "2.5"], "--min-keep"),
+        (["--layers", "99"], "removable"),
+        (["--ratio", "0.5", "--img-size", "100"], "--img-size"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
+    weights = tmp_path / "model.weights"
+    save_darknet_weights(Darknet(str(CONFIGS / "yolov3-hand-nano.cfg")), weights)
+    code = main(["prune", "--cfg", str(CONFIGS / "yolov3-hand-nano.cfg"), "--weights", str(weights), "--out", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_hand_cfg_safe_and_full_budget(tmp_path):
+    """The seed's yolov3-hand.cfg with random weights and sparse γ: 42 safe candidates; the full-mode
+    FLOPs budget is met within 1 %; both results load in OpenCV DNN and in the project."""
+    cfg_path = FIXTURES / "yolov3-hand.cfg"
+    torch.manual_seed(0)
+    model = Darknet(str(cfg_path))
+    with torch.no_grad():
+        for layer in model.layers:
+            if getattr(layer, "bn", None) is not None:
+                gamma = layer.bn.weight
+                gamma.copy_(torch.rand_like(gamma) * (torch.rand_like(gamma) < 0.3))
+    weights = tmp_path / "sparse.weights"
+    save_darknet_weights(model, weights)
+    del model
+    safe, full = tmp_path / "safe", tmp_path / "full"
+    assert main(["prune", "--cfg", str(cfg_path), "--weights", str(weights), "--out", str(safe), "--mode", "safe", "--ratio", "0.85"]) == 0
+    assert main(["prune", "--cfg", str(cfg_path), "--weights", str(weights), "--out", str(full), "--mode", "full", "--target-flops", "0.25"]) == 0
+    assert len(PrunePlan.load(safe / "plan.json").candidate_layers) == 42
+    report = json.loads((full / "report.json").read_text())
+    macs_ratio = count_cfg_macs(load_cfg(full / "pruned.cfg"), 416) / count_cfg_macs(load_cfg(cfg_path), 416)
+    assert abs(macs_ratio / 0.25 - 1) <= 0.01 and report["macs_ratio"] == macs_ratio
+    for out in (safe, full):
+        assert_matches_opencv(out, 64)
+        assert main(["info", str(out / "pruned.cfg"), "--weights", str(out / "pruned.weights"), "--img-size", "64", "--json"]) == 0
+
+
+@pytest.mark.slow  # each newly shaped model's first forward sets up its conv kernels: seconds on CPU
+def test_auto_prune_with_calibration_on_a_synthetic_dataset(tmp_path):
+    assert main(["data", "synth", str(tmp_path / "data"), "--train", "4", "--val", "4", "--img-size", "64"]) == 0
+    data = next((tmp_path / "data").glob("*.data"))
+    checkpoint = tmp_path / "sparse.pt"
+    save_checkpoint(checkpoint, sparse_nano())
+    out = tmp_path / "out"
+    args = ["prune", "--weights", str(checkpoint), "--out", str(out), "--data", str(data), "--img-size", "64", "--batch", "4"]
+    assert main([*args, "--max-map-drop", "0.5", "--calibrate", "4", "--auto-steps", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibrated_images"] == 4
+    trials = report["auto"]["trials"]
+    assert trials and all(t["map50"] >= report["auto"]["map50_before"] - 0.5 for t in trials if t["accepted"])
+    pruned = load_model(None, out / "pruned.pt").eval()
+    assert count_parameters(pruned) == report["params_after"]
+    assert all(torch.isfinite(h).all() for h in heads(pruned, torch.rand(1, 3, 64, 64)))
