@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from yoloprune.darknet.model import ConvLayer, Darknet, count_parameters
+from yoloprune.darknet.graph import conv_macs_per_layer, infer_output_hw
+from yoloprune.darknet.model import Darknet, count_parameters
 
 
 @dataclass
@@ -53,20 +54,12 @@ def model_size_mb(model: nn.Module) -> float:
     return numel * 4 / 1e6
 
 
-def conv_macs(layer: ConvLayer, out_hw: tuple[int, int]) -> int:
-    conv = layer.conv
-    kernel_h, kernel_w = conv.kernel_size
-    return out_hw[0] * out_hw[1] * conv.out_channels * (conv.in_channels // conv.groups) * kernel_h * kernel_w
-
-
 def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
-    """Per-layer shapes, params and MACs from one batch-1 forward at `img_size` (square)."""
-    out_hw: dict[int, tuple[int, int]] = {}
-    handles = []
-    for idx, layer in enumerate(model.layers):
-        def record(_module, _inputs, output, idx=idx):
-            out_hw[idx] = (int(output.shape[-3 if output.dim() == 5 else -2]), int(output.shape[-2 if output.dim() == 5 else -1]))
-        handles.append(layer.register_forward_hook(record))
+    """Per-layer shapes, params and MACs, and totals from one batch-1 forward at `img_size` (square).
+
+    The total MACs come from torch's flop counter on the real forward; the per-layer split is the
+    conv formula on the cfg (`darknet.graph.conv_macs_per_layer`); tests check that the two agree.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -75,12 +68,13 @@ def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
         with torch.no_grad(), counter:
             model.forward_heads(torch.zeros(1, model.cfg.net.channels, img_size, img_size, device=device))
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
+    cfg = model.cfg
+    out_hw = infer_output_hw(cfg, (img_size, img_size))
+    layer_macs = conv_macs_per_layer(cfg, img_size)
     layers = []
-    for idx, (block, layer) in enumerate(zip(model.cfg.layers, model.layers)):
-        input_channels = [model.out_channels[j] if j >= 0 else model.cfg.net.channels for j in model.cfg.inputs_of(idx)]
+    for idx, (block, layer) in enumerate(zip(cfg.layers, model.layers)):
+        input_channels = [model.out_channels[j] if j >= 0 else cfg.net.channels for j in cfg.inputs_of(idx)]
         layers.append(
             LayerProfile(
                 index=idx,
@@ -88,13 +82,11 @@ def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
                 # a route reads all its inputs; a shortcut's two summands have the same width
                 in_channels=sum(input_channels) if block.section == "route" else input_channels[0],
                 out_channels=model.out_channels[idx],
-                out_hw=out_hw.get(idx, (0, 0)),
+                out_hw=out_hw[idx],
                 params=count_parameters(layer),
-                macs=conv_macs(layer, out_hw[idx]) if isinstance(layer, ConvLayer) else 0,
+                macs=layer_macs[idx],
             )
         )
-    # The whole-model count comes from torch's counter; the per-layer split is the conv formula
-    # (tests check that the two agree).
     total_macs = counter.get_total_flops() // 2
     return ModelProfile(
         params=count_parameters(model),

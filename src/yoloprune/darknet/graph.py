@@ -307,19 +307,26 @@ def infer_output_hw(cfg: DarknetCfg, img_hw: tuple[int, int]) -> list[tuple[int,
     return sizes
 
 
-def count_cfg_macs(cfg: DarknetCfg, img_size: int | tuple[int, int] = 416) -> int:
-    """Multiply-adds of all convs at `img_size`, from the cfg alone (no model is built)."""
+def conv_macs_per_layer(cfg: DarknetCfg, img_size: int | tuple[int, int] = 416) -> list[int]:
+    """Multiply-adds of every layer at `img_size` (0 for the layers that are not convs), from the cfg alone."""
     img_hw = (img_size, img_size) if isinstance(img_size, int) else img_size
     channels = infer_channels(cfg)
     sizes = infer_output_hw(cfg, img_hw)
-    total = 0
+    macs = []
     for idx, block in enumerate(cfg.layers):
         if isinstance(block, ConvBlock):
             j = cfg.inputs_of(idx)[0]
             in_channels = cfg.net.channels if j < 0 else channels[j]
             h, w = sizes[idx]
-            total += h * w * block.filters * (in_channels // block.groups) * block.size * block.size
-    return total
+            macs.append(h * w * block.filters * (in_channels // block.groups) * block.size * block.size)
+        else:
+            macs.append(0)
+    return macs
+
+
+def count_cfg_macs(cfg: DarknetCfg, img_size: int | tuple[int, int] = 416) -> int:
+    """Multiply-adds of all convs at `img_size`, from the cfg alone (no model is built)."""
+    return sum(conv_macs_per_layer(cfg, img_size))
 
 
 def count_cfg_params(cfg: DarknetCfg) -> int:
