@@ -48,104 +48,27 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_prune)
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
-    from yoloprune.errors import YoloPruneError
-
-    def fail(message: str) -> None:
-        raise YoloPruneError(message)
-
-    if args.ratio is not None and not 0 <= args.ratio <= 1:
-        fail(f"--ratio must lie in [0, 1], got {args.ratio}")
-    for name in ("target_flops", "target_params"):
-        value = getattr(args, name)
-        if value is not None and not 0 < value <= 1:
-            fail(f"--{name.replace('_', '-')} must lie in (0, 1], got {value}")
-    if args.threshold is not None and args.threshold < 0:
-        fail(f"--threshold must be >= 0, got {args.threshold}")
-    if args.max_map_drop is not None and (args.max_map_drop < 0 or not args.data):
-        fail("--max-map-drop needs a non-negative value and --data")
-    if args.min_keep < 0 or (args.min_keep >= 1 and args.min_keep != int(args.min_keep)):
-        fail(f"--min-keep must be a fraction in [0, 1) or a whole count, got {args.min_keep}")
-    if args.round_to < 1 or args.layers < 0 or args.calibrate < 0 or args.batch < 1 or args.auto_steps < 1:
-        fail("--round, --batch and --auto-steps must be >= 1; --layers and --calibrate >= 0")
-    if args.calibrate and not args.data:
-        fail("--calibrate needs --data (its training images)")
-    if args.img_size is not None and (args.img_size <= 0 or args.img_size % 32):
-        fail(f"--img-size must be a positive multiple of 32, got {args.img_size}")
-    nothing = all(getattr(args, k) is None for k in ("ratio", "threshold", "target_flops", "target_params", "max_map_drop"))
-    if nothing and not args.layers:
-        fail("say how much to prune: --ratio, --threshold, --target-flops, --target-params, --max-map-drop or --layers")
-
-
 def run_prune(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
-
-    import torch
+    from dataclasses import fields
 
     from yoloprune.darknet.weights import load_model
-    from yoloprune.errors import YoloPruneError
-    from yoloprune.prune.apply import prune_model
-    from yoloprune.prune.channel import plan_channel_prune
-    from yoloprune.prune.layer import plan_layer_prune
-    from yoloprune.prune.report import write_prune_outputs
+    from yoloprune.prune.run import PruneSettings, run_pruning
 
-    _check_arguments(args)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise YoloPruneError(f"--device {args.device!r} is not a device name") from None
-    out_dir = Path(args.out)
-    model = load_model(args.cfg, args.weights, device).eval()
-    img_size = args.img_size or model.cfg.net.width
-    start = time.perf_counter()
-    blocks = plan_layer_prune(model, args.layers)
-    common = dict(min_keep=args.min_keep, round_to=args.round_to, img_size=img_size, removed_blocks=blocks)
-    auto_result = None
-    if args.max_map_drop is not None:
-        from yoloprune.prune.auto import make_map50_evaluator, search_max_pruning
-
-        evaluate = make_map50_evaluator(args.data, img_size, args.batch, device, args.workers)
-        recalibrate = _make_recalibrator(args, img_size, device) if args.calibrate else None
-        auto_result = search_max_pruning(model, evaluate, args.max_map_drop, args.mode, steps=args.auto_steps, recalibrate=recalibrate, **common)
-        plan = auto_result.plan
-    else:
-        plan = plan_channel_prune(
-            model, args.mode, ratio=args.ratio, threshold=args.threshold, target_flops=args.target_flops, target_params=args.target_params, **common
-        )
-    plan.settings["source"] = str(args.weights)
-    plan_seconds = time.perf_counter() - start
-    plan.save(out_dir / "plan.json")
-    print(plan.summary())
-    if args.plan_only:
-        print(f"plan: {out_dir / 'plan.json'}")
+    settings = PruneSettings(**{f.name: getattr(args, f.name) for f in fields(PruneSettings)})
+    settings.validate()
+    model = load_model(args.cfg, args.weights, settings.torch_device()).eval()
+    outcome = run_pruning(model, settings, args.out, source=str(args.weights))
+    print(outcome.plan.summary())
+    if outcome.report is None:
+        print(f"plan: {outcome.paths['plan.json']}")
         return 0
-    pruned, report = prune_model(model, plan)
-    report["plan_seconds"] = plan_seconds
-    if args.calibrate:
-        report["calibrated_images"] = _make_recalibrator(args, img_size, device)(pruned)
-    if auto_result is not None:
-        report["auto"] = auto_result.to_dict()
-    paths = write_prune_outputs(out_dir, pruned, report, plan)
+    report = outcome.report
     print(
         f"pruned: params {report['params_before']:,} -> {report['params_after']:,} (x{report['params_ratio']:.3f}), "
-        f"MACs@{img_size} {report['macs_before'] / 1e9:.3f} G -> {report['macs_after'] / 1e9:.3f} G (x{report['macs_ratio']:.3f})"
+        f"MACs@{report.get('img_size', '')} {report['macs_before'] / 1e9:.3f} G -> {report['macs_after'] / 1e9:.3f} G (x{report['macs_ratio']:.3f})"
     )
-    if auto_result is not None:
-        print(f"mAP@0.5: {auto_result.map50_before:.4f} -> {auto_result.map50_after:.4f} (no finetune)")
-    print(f"time: plan {plan_seconds:.2f} s, apply {report['apply_seconds']:.2f} s")
-    print("wrote: " + ", ".join(str(p) for p in [out_dir / "plan.json", *paths.values()]))
+    if outcome.auto is not None:
+        print(f"mAP@0.5: {outcome.auto.map50_before:.4f} -> {outcome.auto.map50_after:.4f} (no finetune)")
+    print(f"time: plan {report['plan_seconds']:.2f} s, apply {report['apply_seconds']:.2f} s")
+    print("wrote: " + ", ".join(str(p) for p in outcome.paths.values()))
     return 0
-
-
-def _make_recalibrator(args: argparse.Namespace, img_size: int, device):
-    from yoloprune.data.dataset import create_dataloader, load_data_spec
-    from yoloprune.prune.calibrate import recalibrate_batchnorm
-
-    spec = load_data_spec(args.data)
-
-    def recalibrate(model) -> int:
-        loader = create_dataloader(spec.train, img_size, args.batch, augment=False, workers=args.workers, shuffle=True, skip_bad=True, seed=0)
-        return recalibrate_batchnorm(model, loader, args.calibrate, device)
-
-    return recalibrate

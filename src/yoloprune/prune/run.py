@@ -1,0 +1,152 @@
+"""One pruning run, as the `prune` command and the demo perform it:
+plan (layer blocks, then channels by ratio / threshold / budget / mAP tolerance) → plan.json →
+apply with constant folding → optional BN re-calibration → pruned.cfg/.weights/.pt, report.json, channels.png.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from yoloprune.darknet.model import Darknet
+from yoloprune.errors import YoloPruneError
+from yoloprune.prune.apply import prune_model
+from yoloprune.prune.auto import AutoPruneResult, make_map50_evaluator, search_max_pruning
+from yoloprune.prune.channel import plan_channel_prune
+from yoloprune.prune.layer import plan_layer_prune
+from yoloprune.prune.plan import PrunePlan
+from yoloprune.prune.report import write_prune_outputs
+
+log = logging.getLogger(__name__)
+
+AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "max_map_drop")
+
+
+@dataclass
+class PruneSettings:
+    """How much and what to prune; field names match the `prune` command's flags."""
+
+    mode: str = "full"
+    ratio: float | None = None
+    threshold: float | None = None
+    target_flops: float | None = None
+    target_params: float | None = None
+    max_map_drop: float | None = None
+    min_keep: float = 1
+    round_to: int = 1
+    layers: int = 0
+    calibrate: int = 0
+    data: str | None = None
+    img_size: int | None = None
+    batch: int = 8
+    workers: int = 0
+    auto_steps: int = 7
+    device: str = "cpu"
+    plan_only: bool = False
+
+    def validate(self) -> None:
+        def fail(message: str) -> None:
+            raise YoloPruneError(message)
+
+        if self.mode not in ("safe", "full"):
+            fail(f"mode must be 'safe' or 'full', got {self.mode!r}")
+        given = [name for name in AMOUNT_SETTINGS if getattr(self, name) is not None]
+        if len(given) > 1:
+            fail("give one of --ratio, --threshold, --target-flops, --target-params, --max-map-drop; got " + ", ".join(given))
+        if self.ratio is not None and not 0 <= self.ratio <= 1:
+            fail(f"--ratio must lie in [0, 1], got {self.ratio}")
+        for name in ("target_flops", "target_params"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                fail(f"--{name.replace('_', '-')} must lie in (0, 1], got {value}")
+        if self.threshold is not None and self.threshold < 0:
+            fail(f"--threshold must be >= 0, got {self.threshold}")
+        if self.max_map_drop is not None and (self.max_map_drop < 0 or not self.data):
+            fail("--max-map-drop needs a non-negative value and --data")
+        if self.min_keep < 0 or (self.min_keep >= 1 and self.min_keep != int(self.min_keep)):
+            fail(f"--min-keep must be a fraction in [0, 1) or a whole count, got {self.min_keep}")
+        if self.round_to < 1 or self.layers < 0 or self.calibrate < 0 or self.batch < 1 or self.auto_steps < 1:
+            fail("--round, --batch and --auto-steps must be >= 1; --layers and --calibrate >= 0")
+        if self.calibrate and not self.data:
+            fail("--calibrate needs --data (its training images)")
+        if self.img_size is not None and (self.img_size <= 0 or self.img_size % 32):
+            fail(f"--img-size must be a positive multiple of 32, got {self.img_size}")
+        if not given and not self.layers:
+            fail("say how much to prune: --ratio, --threshold, --target-flops, --target-params, --max-map-drop or --layers")
+        self.torch_device()
+
+    def torch_device(self) -> torch.device:
+        try:
+            return torch.device(self.device)
+        except RuntimeError:
+            raise YoloPruneError(f"--device {self.device!r} is not a device name") from None
+
+
+@dataclass
+class PruneOutcome:
+    plan: PrunePlan
+    report: dict | None  # None with plan_only
+    paths: dict[str, Path] = field(default_factory=dict)
+    auto: AutoPruneResult | None = None
+    pruned: Darknet | None = None
+
+
+def _make_recalibrator(settings: PruneSettings, img_size: int):
+    from yoloprune.data.dataset import create_dataloader, load_data_spec
+    from yoloprune.prune.calibrate import recalibrate_batchnorm
+
+    spec = load_data_spec(settings.data)
+
+    def recalibrate(model: Darknet) -> int:
+        loader = create_dataloader(spec.train, img_size, settings.batch, augment=False, workers=settings.workers, shuffle=True, skip_bad=True, seed=0)
+        return recalibrate_batchnorm(model, loader, settings.calibrate, settings.torch_device())
+
+    return recalibrate
+
+
+def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, source: str | None = None) -> PruneOutcome:
+    """Plan, save the plan, apply, (re-calibrate,) and write every output into `out_dir`."""
+    settings.validate()
+    out_dir = Path(out_dir)
+    model = model.eval()
+    img_size = settings.img_size or model.cfg.net.width
+    recalibrate = _make_recalibrator(settings, img_size) if settings.calibrate else None
+    start = time.perf_counter()
+    blocks = plan_layer_prune(model, settings.layers)
+    common = dict(min_keep=settings.min_keep, round_to=settings.round_to, img_size=img_size, removed_blocks=blocks)
+    auto_result = None
+    if settings.max_map_drop is not None:
+        evaluate = make_map50_evaluator(settings.data, img_size, settings.batch, settings.torch_device(), settings.workers)
+        auto_result = search_max_pruning(
+            model, evaluate, settings.max_map_drop, settings.mode, steps=settings.auto_steps, recalibrate=recalibrate, **common
+        )
+        plan = auto_result.plan
+    else:
+        plan = plan_channel_prune(
+            model,
+            settings.mode,
+            ratio=settings.ratio,
+            threshold=settings.threshold,
+            target_flops=settings.target_flops,
+            target_params=settings.target_params,
+            **common,
+        )
+    if source is not None:
+        plan.settings["source"] = source
+    plan_seconds = time.perf_counter() - start
+    plan_path = out_dir / "plan.json"
+    plan.save(plan_path)
+    if settings.plan_only:
+        return PruneOutcome(plan, None, {"plan.json": plan_path})
+    pruned, report = prune_model(model, plan)
+    report["plan_seconds"] = plan_seconds
+    if recalibrate is not None:
+        report["calibrated_images"] = recalibrate(pruned)
+    if auto_result is not None:
+        report["auto"] = auto_result.to_dict()
+    paths = {"plan.json": plan_path, **write_prune_outputs(out_dir, pruned, report, plan)}
+    return PruneOutcome(plan, report, paths, auto_result, pruned)
