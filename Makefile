@@ -23,7 +23,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/yoloprune info configs/yolov3-hand.cfg --img-size 416
+	$(BIN)/yoloprune demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

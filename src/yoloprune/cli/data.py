@@ -19,7 +19,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     data_path = generate_synthetic_dataset(
-        args.out, n_train=args.train, n_val=args.val, img_size=args.img_size, seed=args.seed
+        args.out, n_train=args.train, n_val=args.val, img_size=args.img_size, seed=args.seed,
+        max_hands=args.max_hands, min_hand_scale=args.min_hand_scale,
     )
     seconds = time.perf_counter() - start
     total = args.train + args.val
@@ -101,6 +102,9 @@ def register(subparsers) -> None:
     synth.add_argument("--val", type=_non_negative_int, default=200, help="validation images (default 200)")
     synth.add_argument("--img-size", type=_img_size, default=256, help="image side in pixels (default 256)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--max-hands", type=int, default=6, help="most hands in one image (default 6)")
+    synth.add_argument("--min-hand-scale", type=float, default=0.05,
+                       help="smallest hand box side as a share of the image (default 0.05; larger = easier)")
     synth.set_defaults(func=_synth)
 
     check = commands.add_parser(

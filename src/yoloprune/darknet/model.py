@@ -11,6 +11,8 @@ Layer `i` of the cfg is `model.layers[i]`, so state_dict keys read `layers.{i}.c
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -218,8 +220,27 @@ class Darknet(nn.Module):
         in_channels = [cfg.net.channels] + self.out_channels[:-1]
         self.layers = nn.ModuleList(_build_layer(block, c) for block, c in zip(cfg.layers, in_channels))
         self.yolo_indices = cfg.yolo_indices
+        self._initialize_head_biases()
         # Layer outputs that a later route/shortcut reads; all others are dropped as soon as used.
         self._kept = sorted({j for i in range(len(cfg.layers)) for j in cfg.inputs_of(i) if j != i - 1 and j >= 0})
+
+    def _initialize_head_biases(self, objectness_prior: float = 0.01) -> None:
+        """Start the head convs at sensible probabilities instead of sigmoid(0) = 0.5 everywhere.
+
+        Almost every cell is background, so a fresh model predicting objectness 0.5 spends its first
+        epochs only unlearning that; a prior of 1 % (and of 1/classes for the class scores) removes
+        this plateau. Loaded weights overwrite these values.
+        """
+        with torch.no_grad():
+            for idx in self.yolo_indices:
+                head = self.layers[idx - 1]
+                yolo = self.layers[idx]
+                if not isinstance(head, ConvLayer) or head.conv.bias is None:
+                    continue
+                bias = head.conv.bias.view(yolo.num_anchors, yolo.num_classes + 5)
+                bias[:, 4] = math.log(objectness_prior / (1 - objectness_prior))
+                class_prior = 1 / yolo.num_classes if yolo.num_classes > 1 else 0.5
+                bias[:, 5:] = math.log(class_prior / (1 - class_prior)) if class_prior < 1 else 0.0
 
     @classmethod
     def from_text(cls, text: str) -> "Darknet":

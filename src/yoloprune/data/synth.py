@@ -30,7 +30,8 @@ from yoloprune.fileio import atomic_write_bytes, atomic_write_text
 log = logging.getLogger(__name__)
 
 MIN_VISIBLE = 0.3  # share of a hand's pixels that must stay visible for it to be labelled
-MIN_BOX_PX = 3  # labelled boxes are at least this many pixels on each side
+MIN_BOX_PX = 3
+MIN_HAND_SCALE = 0.05  # smallest hand box side, as a share of the image side  # labelled boxes are at least this many pixels on each side
 SPLIT_CODES = {"train": 0, "val": 1}
 SHIFT = 4  # fractional bits for OpenCV drawing: sub-pixel precision for small hands
 SHIFT_SCALE = 1 << SHIFT
@@ -466,15 +467,19 @@ def _box_of_mask(mask: np.ndarray, threshold: int = 127) -> tuple[int, int, int,
 
 
 def render_synthetic_image(
-    rng: np.random.Generator, img_size: int = 256, max_hands: int = 6
+    rng: np.random.Generator, img_size: int = 256, max_hands: int = 6, min_hand_scale: float = MIN_HAND_SCALE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic image (uint8 BGR, img_size²) and its hand boxes `boxes_xyxy_px` (n, 4) float32."""
+    """One synthetic image (uint8 BGR, img_size²) and its hand boxes `boxes_xyxy_px` (n, 4) float32.
+
+    Hand box sides are log-uniform between `min_hand_scale` and 50 % of the image side (less in
+    crowded images); raising `min_hand_scale` gives an easier task (fewer tiny hands).
+    """
     image = draw_background(rng, img_size)
     owner = np.zeros((img_size, img_size), np.int16)  # which object each pixel shows (0 = background)
     hand_count = int(rng.choice(np.arange(1, max_hands + 1), p=_hand_count_probabilities(max_hands)))
     distractor_count = int(rng.integers(1, 7))
     # Crowded images hold smaller hands, as crowded photos do.
-    largest = 0.5 if hand_count <= 2 else 0.5 / math.sqrt(hand_count / 2)
+    largest = max(min_hand_scale, 0.5 if hand_count <= 2 else 0.5 / math.sqrt(hand_count / 2))
     order = rng.permutation(hand_count + distractor_count)
     hands: list[_Hand] = []
     next_id = 1
@@ -483,8 +488,8 @@ def render_synthetic_image(
         if slot >= hand_count:
             _draw_distractor(image, owner, object_id, rng)
             continue
-        # Box side of the hand as a share of the image: log-uniform over 5 %..largest.
-        share = math.exp(rng.uniform(math.log(0.05), math.log(largest)))
+        # Box side of the hand as a share of the image: log-uniform over min_hand_scale..largest.
+        share = math.exp(rng.uniform(math.log(min_hand_scale), math.log(largest)))
         length_px = share * img_size / 0.95  # wrist-to-fingertip length; the box is a bit smaller
         canvas, wrist, direction, palm_width = draw_hand(rng, length_px)
         center = rng.uniform(0.02, 0.98, 2) * img_size
@@ -531,6 +536,8 @@ def generate_synthetic_dataset(
     class_name: str = "hand",
     jpeg_quality: tuple[int, int] = (60, 95),
     progress: bool = True,
+    max_hands: int = 6,
+    min_hand_scale: float = MIN_HAND_SCALE,
 ) -> Path:
     """Write a synthetic hand dataset to `out_dir` and return its `.data` path.
 
@@ -550,7 +557,7 @@ def generate_synthetic_dataset(
         listed[split] = []
         for index in tqdm(range(count), desc=f"synth {split}", unit="img", disable=not progress, leave=False):
             rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-            image, boxes_xyxy = render_synthetic_image(rng, img_size)
+            image, boxes_xyxy = render_synthetic_image(rng, img_size, max_hands, min_hand_scale)
             quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
             ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if not ok:

@@ -1,0 +1,53 @@
+"""Output-level knowledge distillation for finetuning a pruned detector.
+
+The unpruned (teacher) and pruned (student) models share their heads: same anchors, same grids,
+same output layout, because pruning never touches the convs that feed a [yolo] layer. So the
+student can be taught, cell by cell, to reproduce the teacher's raw predictions:
+- objectness: BCE of the student's logits against the teacher's probability, on every cell;
+- classes and box: BCE towards the teacher's class probabilities, squared error on the box terms
+  (sigmoid xy offsets, log-space wh), both weighted by the teacher's objectness so that the
+  thousands of background cells do not drown the few cells that hold an object.
+The term is added to the ordinary detection loss, which keeps the ground truth in charge.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class OutputDistillation:
+    """A Trainer extra loss term: `(images, student_heads, targets) -> (loss, parts)`."""
+
+    def __init__(self, teacher: nn.Module, weight: float = 1.0):
+        self.teacher = teacher.eval()
+        for parameter in self.teacher.parameters():
+            parameter.requires_grad_(False)
+        self.weight = weight
+
+    def __call__(self, images: torch.Tensor, heads: list[torch.Tensor], targets: torch.Tensor):
+        with torch.no_grad():
+            teacher_heads = self.teacher.forward_heads(images)
+        if len(teacher_heads) != len(heads) or any(t.shape != s.shape for t, s in zip(teacher_heads, heads)):
+            raise ValueError("teacher and student heads differ in shape: distillation needs the same [yolo] layers")
+        obj_loss = box_loss = cls_loss = images.new_zeros(())
+        for student, teacher in zip(heads, teacher_heads):
+            student, teacher = student.float(), teacher.float()
+            teacher_obj = torch.sigmoid(teacher[..., 4])
+            obj_loss = obj_loss + F.binary_cross_entropy_with_logits(student[..., 4], teacher_obj)
+            cell_weight = teacher_obj / teacher_obj.sum().clamp(min=1e-6)
+            box_error = (torch.sigmoid(student[..., :2]) - torch.sigmoid(teacher[..., :2])).square().sum(-1) + (
+                student[..., 2:4] - teacher[..., 2:4]
+            ).square().sum(-1)
+            box_loss = box_loss + (box_error * cell_weight).sum()
+            if student.shape[-1] > 5:
+                class_error = F.binary_cross_entropy_with_logits(
+                    student[..., 5:], torch.sigmoid(teacher[..., 5:]), reduction="none"
+                ).mean(-1)
+                cls_loss = cls_loss + (class_error * cell_weight).sum()
+        # Scaled by the batch size like the detection loss (a sum over images), so `weight` keeps its
+        # meaning whatever the batch size.
+        total = self.weight * (obj_loss + box_loss + cls_loss) * images.shape[0]
+        parts = {"kd_obj": obj_loss.detach(), "kd_box": box_loss.detach(), "kd_cls": cls_loss.detach()}
+        return total, parts

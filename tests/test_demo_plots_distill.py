@@ -1,0 +1,82 @@
+import copy
+
+import pytest
+import torch
+
+from conftest import CONFIGS, randomize_bn
+from yoloprune.bench.plots import plot_run
+from yoloprune.cli import main
+from yoloprune.darknet.model import Darknet
+from yoloprune.errors import YoloPruneError
+from yoloprune.train.distill import OutputDistillation
+
+
+def test_distillation_term_is_zero_box_error_for_an_identical_student_and_trains_only_the_student():
+    torch.manual_seed(0)
+    teacher = randomize_bn(Darknet(str(CONFIGS / "yolov3-hand-nano.cfg")))
+    student = copy.deepcopy(teacher)
+    term = OutputDistillation(teacher)
+    images = torch.rand(2, 3, 64, 64)
+    loss, parts = term(images, student.eval().forward_heads(images), torch.zeros(0, 6))  # same BN statistics
+    assert parts["kd_box"].item() == pytest.approx(0.0, abs=1e-6)
+    student.train()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    loss, parts = term(images, student(images), torch.zeros(0, 6))
+    assert parts["kd_box"].item() > 0
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_distillation_refuses_mismatched_heads():
+    teacher = Darknet(str(CONFIGS / "yolov3-hand-nano.cfg"))
+    term = OutputDistillation(teacher)
+    images = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="same"):
+        term(images, [h[:, :2] for h in teacher.train()(images)], torch.zeros(0, 6))
+
+
+def test_plot_needs_a_run_directory(tmp_path):
+    with pytest.raises(YoloPruneError, match="neither metrics.csv"):
+        plot_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_quick_demo_produces_report_figures_and_bench(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| baseline |" in report and "| pruned |" in report and "| finetuned |" in report
+    for name in ("gamma_quantiles", "gamma_traces", "gamma_hist", "channels"):
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"figures/{name}.png" in report
+    import json
+
+    bench = json.loads((out / "bench.json").read_text())
+    assert set(bench["models"]) == {"baseline", "pruned", "finetuned"}
+    assert bench["models"]["pruned"]["gmacs"] <= bench["models"]["baseline"]["gmacs"]
+    # the finetune stage distilled from the baseline
+    from yoloprune.train.trainer import read_metrics_csv
+
+    rows = read_metrics_csv(out / "finetune" / "metrics.csv")
+    assert rows and any(key.startswith("loss") for key in rows[-1])
+    # plot command regenerates the figures
+    assert main(["plot", str(out / "sparse"), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "gamma_hist.png").exists()
+
+
+def test_gamma_histogram_counts_every_considered_channel():
+    from yoloprune.train.sparsity import GAMMA_HIST_EDGES, resolve_sparsity_layers, summarize_gammas
+
+    model = Darknet(str(CONFIGS / "yolov3-hand-nano.cfg"))
+    layers = resolve_sparsity_layers(model.cfg, "all")
+    with torch.no_grad():
+        model.layers[layers[0]].bn.weight[:2] = torch.tensor([0.0, 50.0])  # below the first edge, above the last
+    stats = summarize_gammas(model, layers)
+    total = sum(model.layers[i].bn.num_features for i in layers)
+    assert sum(stats["gamma_hist"]) == total
+    assert len(stats["gamma_hist"]) == len(GAMMA_HIST_EDGES) - 1 == len(stats["gamma_hist_edges"]) - 1
+    assert stats["gamma_hist"][0] >= 1 and stats["gamma_hist"][-1] >= 1

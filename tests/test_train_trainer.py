@@ -1,0 +1,124 @@
+"""The Trainer end to end on a tiny synthetic dataset: outputs, resume after an interruption, NaN guard, CLI flags."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from yoloprune.cli import build_parser
+from yoloprune.cli.train import build_train_config
+from yoloprune.darknet.weights import load_checkpoint
+from yoloprune.train.trainer import METRIC_COLUMNS, TrainConfig, TrainingDiverged, TrainingStopped, read_metrics_csv, train
+
+NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from yoloprune.data.synth import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4, img_size=64, progress=False)
+
+
+def _config(data: Path, out: Path, **changes) -> TrainConfig:
+    values = dict(
+        data=data, cfg=NANO_CFG, out=out, epochs=3, batch_size=4, img_size=64, augment=False,
+        progress=False, tensorboard=False, sparsity=1e-3, sparsity_layers="safe",
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_run_writes_checkpoints_and_one_metrics_row_per_epoch(tiny_data, tmp_path):
+    result = train(_config(tiny_data, tmp_path / "run", epochs=2, tensorboard=True))
+    assert result.epochs_completed == 2 and not result.stopped_early
+    rows = read_metrics_csv(result.metrics_csv)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert set(rows[0]) == set(METRIC_COLUMNS)
+    assert all(row["map50"] is not None for row in rows)
+    assert set(result.final_metrics) == {"map50", "map", "precision", "recall"}
+    checkpoint = load_checkpoint(result.last)  # weights_only=True inside
+    assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
+    assert {"optimizer", "scheduler", "rng"} <= set(checkpoint)
+    first_layer = rows[-1]["gamma_first_layer"]
+    assert rows[-1]["gamma_first"] == pytest.approx(checkpoint["state_dict"][f"layers.{first_layer}.bn.weight"].tolist(), abs=1e-5)
+    assert result.best is not None and result.best.exists()
+    assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    reference = train(_config(tiny_data, tmp_path / "reference"))
+    out = tmp_path / "interrupted"
+    # 8 images / batch 4 = 2 steps per epoch: stop in the middle of epoch 2.
+    stopped = train(_config(tiny_data, out, max_steps=3))
+    assert stopped.stopped_early and stopped.epochs_completed == 1
+    resumed = train(_config(tiny_data, out, resume=True))
+    assert resumed.epochs_completed == 3
+
+    reference_rows, resumed_rows = read_metrics_csv(reference.metrics_csv), read_metrics_csv(resumed.metrics_csv)
+    assert [row["epoch"] for row in resumed_rows] == [1, 2, 3]
+    for reference_row, resumed_row in zip(reference_rows, resumed_rows):
+        for column in ("loss", "map50", "map", "gamma_q50", "lr"):
+            assert resumed_row[column] == pytest.approx(reference_row[column], rel=1e-4, abs=1e-6), column
+    reference_state = load_checkpoint(reference.last)["state_dict"]
+    resumed_state = load_checkpoint(resumed.last)["state_dict"]
+    for name, tensor in reference_state.items():
+        assert torch.allclose(resumed_state[name].float(), tensor.float(), atol=1e-5), name
+
+
+def test_callback_interruption_keeps_the_last_complete_epoch(tiny_data, tmp_path):
+    class StopInEpochTwo:
+        def on_step_end(self, trainer):
+            if trainer.epoch == 1:
+                raise TrainingStopped("simulated kill")
+
+    out = tmp_path / "run"
+    result = train(_config(tiny_data, out), callbacks=[StopInEpochTwo()])
+    assert result.stopped_early and result.epochs_completed == 1
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert [row["epoch"] for row in read_metrics_csv(out / "metrics.csv")] == [1]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_data, tmp_path):
+    calls = {"count": 0}
+
+    def poisoned_term(images, heads, targets):
+        calls["count"] += 1
+        value = math.nan if calls["count"] > 2 else 0.0  # epoch 1 (2 steps) is fine
+        return torch.tensor(value), {"poison": torch.tensor(value)}
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="not finite.*epoch 2"):
+        train(_config(tiny_data, out, eval_every=0), extra_loss_terms=[poisoned_term])
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_seed_aliases_and_resume_defaults(tiny_data, tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(
+        ["train", "--model_def", str(NANO_CFG), "--data", str(tiny_data), "-pre", "w.pt", "-sr", "--s", "0.001", "--out", str(tmp_path)]
+    )
+    config = build_train_config(vars(args))
+    assert (config.cfg, config.weights, config.sparsity) == (str(NANO_CFG), "w.pt", 0.001)
+    assert build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "-sr"]))).sparsity == 0.01
+    plain = build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "--no-augment"])))
+    assert plain.sparsity == 0.0 and plain.augment is False and plain.epochs == TrainConfig.epochs
+
+    train(_config(tiny_data, tmp_path / "run", epochs=1, eval_every=0))
+    resumed = build_train_config(vars(parser.parse_args(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2"])))
+    assert resumed.epochs == 2 and resumed.img_size == 64 and resumed.sparsity_layers == "safe" and resumed.resume
+
+
+@pytest.mark.slow
+def test_overfits_four_images_to_high_map(tmp_path):
+    from yoloprune.data.synth import generate_synthetic_dataset
+
+    data = generate_synthetic_dataset(tmp_path / "four", n_train=4, n_val=1, img_size=96, progress=False)
+    (tmp_path / "four" / "valid.txt").write_text((tmp_path / "four" / "train.txt").read_text())  # score the training images
+    # 200 steps: enough for BN running statistics (momentum 0.03) to settle for eval mode.
+    config = _config(data, tmp_path / "run", img_size=96, epochs=200, lr=0.02, warmup_epochs=3, sparsity=0.0, eval_every=200)
+    result = train(config)
+    assert result.final_metrics["map50"] > 0.8
