@@ -12,6 +12,22 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 REFERENCE_CFGS = ["yolov3", "yolov3-tiny", "yolov3-spp", "yolov3-hand", "prune_yolov3-hand"]
 
 
+# One-anchor, one-class detection head for the small hand-written test cfgs.
+YOLO_HEAD = "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n\n[yolo]\nmask=0\nanchors=10,13\nclasses=1\nnum=1\n"
+GROUPED_ROUTE = "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n"
+
+
+def conv(filters: int, size: int = 1, stride: int = 1, activation: str = "leaky", groups: int = 1) -> str:
+    """A batch-normalised [convolutional] section."""
+    grouped = f"groups={groups}\n" if groups != 1 else ""
+    return f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\nstride={stride}\npad=1\n{grouped}activation={activation}\n"
+
+
+def cfg_text(*sections: str, size: int = 64) -> str:
+    """A cfg of `sections` between a [net] of `size`² RGB and `YOLO_HEAD`."""
+    return f"[net]\nwidth={size}\nheight={size}\nchannels=3\n\n" + "\n".join(sections) + "\n" + YOLO_HEAD
+
+
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BN layer random affine parameters and running statistics (fresh BN is the identity)."""
     generator = torch.Generator().manual_seed(seed)

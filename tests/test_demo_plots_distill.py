@@ -80,3 +80,12 @@ def test_gamma_histogram_counts_every_considered_channel():
     assert sum(stats["gamma_hist"]) == total
     assert len(stats["gamma_hist"]) == len(GAMMA_HIST_EDGES) - 1 == len(stats["gamma_hist_edges"]) - 1
     assert stats["gamma_hist"][0] >= 1 and stats["gamma_hist"][-1] >= 1
+
+
+def test_the_demo_model_is_the_committed_demo_cfg():
+    from yoloprune.darknet.builder import build_yolov3_cfg_text
+    from yoloprune.demo import PROFILES
+
+    default = PROFILES["default"]
+    expected = build_yolov3_cfg_text(default.width_multiple, classes=1, img_size=default.img_size)
+    assert (CONFIGS / "yolov3-hand-demo.cfg").read_text() == expected

@@ -85,3 +85,11 @@ def test_bench_json_has_every_key(tmp_path):
     assert nano["ratios"]["params"] == pytest.approx(nano["params"] / small["params"])
     table = md.read_text()
     assert table.count("\n|") >= 3 and "nano" in table
+
+
+def test_ort_sessions_do_not_spin_between_timed_runs(tmp_path):
+    from yoloprune.export.onnx import create_ort_session, export_onnx
+
+    path = export_onnx(Darknet(str(CONFIGS / "yolov3-hand-nano.cfg")), tmp_path / "nano.onnx", img_size=64).path
+    options = create_ort_session(path, threads=1).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import CONFIGS, FIXTURES
+from conftest import CONFIGS, FIXTURES, GROUPED_ROUTE, cfg_text, conv
 from yoloprune.darknet.builder import build_yolov3_cfg_text
 from yoloprune.darknet.cfg import ConvBlock, ShortcutBlock, load_cfg, parse_cfg
 from yoloprune.darknet.graph import (
@@ -67,43 +67,7 @@ def test_residual_chains_are_coupled_groups():
 
 
 def test_route_groups_and_grouped_convs_are_not_prunable():
-    text = """
-[net]
-width=32
-height=32
-channels=3
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-pad=1
-activation=leaky
-[route]
-layers=-1
-groups=2
-group_id=1
-[convolutional]
-batch_normalize=1
-filters=4
-size=3
-pad=1
-groups=4
-activation=leaky
-[convolutional]
-batch_normalize=1
-filters=4
-size=1
-activation=leaky
-[convolutional]
-filters=6
-size=1
-activation=linear
-[yolo]
-mask=0
-anchors=10,13
-classes=1
-num=1
-"""
+    text = cfg_text(conv(8, 3), GROUPED_ROUTE, conv(4, 3, groups=4), conv(4), size=32)
     cfg = parse_cfg(text)
     graph = analyze_graph(cfg)
     assert prunable_conv_indices(cfg, "full") == [3]
@@ -144,36 +108,6 @@ def test_builder_cfgs_have_the_hand_structure():
 
 def test_safe_set_skips_what_the_graph_rules_out():
     # yolov4-tiny style: a conv read through a grouped route must not be pruned in either mode
-    text = """
-[net]
-width=32
-height=32
-channels=3
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-pad=1
-activation=leaky
-[route]
-layers=-1
-groups=2
-group_id=1
-[convolutional]
-batch_normalize=1
-filters=4
-size=3
-pad=1
-activation=leaky
-[convolutional]
-filters=6
-size=1
-activation=linear
-[yolo]
-mask=0
-anchors=10,13
-classes=1
-num=1
-"""
+    text = cfg_text(conv(8, 3), GROUPED_ROUTE, conv(4, 3), size=32)
     cfg = parse_cfg(text)
     assert safe_prunable_conv_indices(cfg) == [2]

@@ -75,6 +75,7 @@ def test_plan_only_writes_just_the_plan(tmp_path):
         (["--ratio", "0.5", "--min-keep", "2.5"], "--min-keep"),
         (["--layers", "99"], "removable"),
         (["--ratio", "0.5", "--img-size", "100"], "--img-size"),
+        (["--ratio", "0.5", "--layers", "auto"], "--layers auto needs --max-map-drop"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):

@@ -3,33 +3,16 @@
 import pytest
 import torch
 
-from conftest import CONFIGS, randomize_bn
+from conftest import CONFIGS, cfg_text, conv, randomize_bn
 from yoloprune.darknet.cfg import ConvBlock
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.apply import build_compact_model, mask_model, prune_model
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.layer import plan_layer_prune
 
-HEAD = """
-[convolutional]
-filters=6
-size=1
-activation=linear
-
-[yolo]
-mask=0
-anchors=10,13
-classes=1
-num=1
-"""
-
-
-def conv(filters: int, size: int = 1, stride: int = 1, activation: str = "leaky") -> str:
-    return f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\nstride={stride}\npad=1\nactivation={activation}\n"
-
 
 def build(*sections: str) -> Darknet:
-    text = "[net]\nwidth=64\nheight=64\nchannels=3\n\n" + "\n".join(sections) + HEAD
+    text = cfg_text(*sections)
     torch.manual_seed(0)
     model = Darknet.from_text(text)
     with torch.no_grad():

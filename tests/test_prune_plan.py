@@ -159,6 +159,27 @@ def test_auto_search_finds_the_largest_acceptable_pruning():
     assert min(t.ratio for t in rejected) - max(t.ratio for t in accepted) <= 1 / 32
 
 
+def test_auto_search_chooses_the_block_count_within_half_the_tolerance():
+    from yoloprune.darknet.graph import residual_blocks
+
+    model = sparse_nano()
+    full_blocks, full_params = len(residual_blocks(model.cfg)), count_parameters(model)
+    assert full_blocks >= 3
+
+    def fake_map50(m):  # each removed block costs 0.1, removed parameters cost a little
+        removed = full_blocks - len(residual_blocks(m.cfg))
+        return 1.0 - 0.1 * removed - 0.05 * (1 - count_parameters(m) / full_params)
+
+    result = search_max_pruning(model, fake_map50, max_map_drop=0.25, mode="full", steps=5, search_blocks=True)
+    # half the tolerance (0.125) allows one block; the channel search then spends the rest
+    assert len(result.plan.removed_blocks) == 1
+    block_trials = [t for t in result.trials if t.ratio == 0.0]
+    assert {t.blocks: t.accepted for t in block_trials}.get(2) is False
+    channel_trials = [t for t in result.trials if t.ratio > 0]
+    assert channel_trials and all(t.blocks == 1 for t in channel_trials)
+    assert result.plan.settings["ratio"] > 0 and result.map50_after >= 0.75
+
+
 def test_recalibration_matches_the_batch_statistics():
     model = sparse_nano()
     images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(3))

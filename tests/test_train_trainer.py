@@ -49,13 +49,14 @@ def test_run_writes_checkpoints_and_one_metrics_row_per_epoch(tiny_data, tmp_pat
     assert any((tmp_path / "run" / "tb").iterdir())
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_path):
-    reference = train(_config(tiny_data, tmp_path / "reference"))
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.01), ("adam", 0.001)])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_path, optimizer, lr):
+    reference = train(_config(tiny_data, tmp_path / "reference", optimizer=optimizer, lr=lr))
     out = tmp_path / "interrupted"
     # 8 images / batch 4 = 2 steps per epoch: stop in the middle of epoch 2.
-    stopped = train(_config(tiny_data, out, max_steps=3))
+    stopped = train(_config(tiny_data, out, max_steps=3, optimizer=optimizer, lr=lr))
     assert stopped.stopped_early and stopped.epochs_completed == 1
-    resumed = train(_config(tiny_data, out, resume=True))
+    resumed = train(_config(tiny_data, out, resume=True, optimizer=optimizer, lr=lr))
     assert resumed.epochs_completed == 3
 
     reference_rows, resumed_rows = read_metrics_csv(reference.metrics_csv), read_metrics_csv(resumed.metrics_csv)
@@ -106,10 +107,32 @@ def test_seed_aliases_and_resume_defaults(tiny_data, tmp_path):
     assert build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "-sr"]))).sparsity == 0.01
     plain = build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "--no-augment"])))
     assert plain.sparsity == 0.0 and plain.augment is False and plain.epochs == TrainConfig.epochs
+    adam = build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "--optimizer", "adam", "--gamma-lr-scale", "10"])))
+    assert (adam.optimizer, adam.gamma_lr_scale) == ("adam", 10.0)
 
     train(_config(tiny_data, tmp_path / "run", epochs=1, eval_every=0))
     resumed = build_train_config(vars(parser.parse_args(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2"])))
     assert resumed.epochs == 2 and resumed.img_size == 64 and resumed.sparsity_layers == "safe" and resumed.resume
+
+
+def test_penalised_gammas_get_their_own_scaled_learning_rate():
+    from yoloprune.darknet.cfg import load_cfg
+    from yoloprune.darknet.model import Darknet
+    from yoloprune.train.trainer import build_param_groups
+
+    model = Darknet(load_cfg(NANO_CFG))
+    penalised = [model.layers[0].bn.weight, model.layers[1].bn.weight]
+    groups = build_param_groups(model, 5e-4, 0.001, penalised, 10.0)
+    assert [group["lr"] for group in groups] == [0.001, 0.001, pytest.approx(0.01)]
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in penalised}
+    assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and groups[2]["weight_decay"] == 0.0
+    assert len(build_param_groups(model, 5e-4, 0.001, penalised, 1.0)) == 2  # no boost: no extra group
+
+
+def test_unknown_optimizer_is_refused(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        train(_config(tiny_data, tmp_path / "run", optimizer="lamb"))
 
 
 @pytest.mark.slow

@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 
 
+def _layers_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a block count or 'auto', got {text!r}") from None
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "prune",
@@ -36,8 +45,15 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--min-keep", type=float, default=1, help="channels each conv keeps at least: a fraction (< 1) or a count (default 1)")
     parser.add_argument("--round", dest="round_to", type=int, default=1, help="round kept channel counts up to a multiple of this (e.g. 8)")
-    parser.add_argument("--layers", type=int, default=0, help="also remove this many residual blocks (lowest mean |γ| of their second conv)")
-    parser.add_argument("--calibrate", type=int, default=0, help="recompute BN statistics of the pruned model on this many training images (needs --data)")
+    parser.add_argument(
+        "--layers", type=_layers_value, default=0,
+        help="also remove this many residual blocks (lowest mean |γ| of their second conv); "
+        "'auto' with --max-map-drop: as many as keep mAP@0.5 within half the tolerance",
+    )
+    parser.add_argument(
+        "--calibrate", type=int, default=None,
+        help="recompute BN statistics of the pruned model on this many training images (default 256 with --data, else 0; 0 = off)",
+    )
     parser.add_argument("--data", help="dataset .data file (for --calibrate and --max-map-drop)")
     parser.add_argument("--img-size", type=int, default=None, help="input size for MAC counts, calibration and evaluation (default: the cfg's width)")
     parser.add_argument("--batch", type=int, default=8, help="images per batch for --calibrate / --max-map-drop (default 8)")

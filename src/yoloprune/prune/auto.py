@@ -6,6 +6,11 @@ channels (the fraction removed): removing more channels never adds FLOPs, and ac
 fall the further the threshold rises, so each trial halves the interval between the largest
 fraction known to pass and the smallest known to fail. Every trial prunes (with β folding), then
 optionally recalibrates BN and evaluates; the model given is never changed.
+
+With `search_blocks=True` a first bisection picks how many residual blocks to remove (lowest
+importance first, see `prune.layer`) within `BLOCK_SHARE` of the tolerance; the channel search then
+uses the whole tolerance, measured from the unpruned model. Blocks go first because a removed block
+saves its layers' fixed per-layer cost too, which matters for latency on small models.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from yoloprune.darknet.graph import ResidualBlock
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.apply import prune_model
 from yoloprune.prune.channel import plan_channel_prune
+from yoloprune.prune.layer import plan_layer_prune, removable_block_count
 from yoloprune.prune.plan import PrunePlan
 
 log = logging.getLogger(__name__)
+
+BLOCK_SHARE = 0.5  # share of the mAP tolerance that block removal may use before channels are pruned
 
 
 @dataclass
@@ -31,6 +39,7 @@ class AutoTrial:
     params_ratio: float
     map50: float
     accepted: bool
+    blocks: int = 0  # residual blocks removed in this trial
 
 
 @dataclass
@@ -55,15 +64,18 @@ def search_max_pruning(
     removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (),
     steps: int = 7,
     recalibrate: Callable[[Darknet], object] | None = None,
+    search_blocks: bool = False,
 ) -> AutoPruneResult:
     """Bisection (`steps` trials after the baseline) for the largest removed fraction of candidate
     channels whose pruned model scores `evaluate_map50(model) >= baseline - max_map_drop`.
-    `recalibrate(pruned)`, when given, runs on every trial model before it is evaluated."""
+    `recalibrate(pruned)`, when given, runs on every trial model before it is evaluated.
+    `search_blocks=True` first chooses the residual blocks to remove (instead of `removed_blocks`)."""
     if max_map_drop < 0:
         raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
 
-    def plan_at(ratio: float) -> PrunePlan:
-        plan = plan_channel_prune(model, mode, ratio=ratio, min_keep=min_keep, round_to=round_to, img_size=img_size, removed_blocks=removed_blocks)
+    def plan_at(ratio: float, blocks=None) -> PrunePlan:
+        blocks = removed_blocks if blocks is None else blocks
+        plan = plan_channel_prune(model, mode, ratio=ratio, min_keep=min_keep, round_to=round_to, img_size=img_size, removed_blocks=blocks)
         plan.settings.update(max_map_drop=max_map_drop, auto=True)
         return plan
 
@@ -73,20 +85,44 @@ def search_max_pruning(
             recalibrate(pruned)
         return float(evaluate_map50(pruned))
 
+    def record(plan: PrunePlan, ratio: float, map50: float, accepted: bool) -> None:
+        trials.append(AutoTrial(
+            ratio, plan.threshold, plan.macs_after / plan.macs_before, plan.params_after / plan.params_before, map50, accepted,
+            len(plan.removed_blocks),
+        ))
+        log.info(
+            "auto prune: blocks %d  ratio %.4f  MACs x%.3f  mAP@0.5 %.4f  %s",
+            trials[-1].blocks, ratio, trials[-1].macs_ratio, map50, "ok" if accepted else "too low",
+        )
+
+    trials: list[AutoTrial] = []
     baseline = float(evaluate_map50(model))
     floor = baseline - max_map_drop
     log.info("auto prune: baseline mAP@0.5 %.4f, accepting >= %.4f", baseline, floor)
-    best_plan = plan_at(0.0)
-    best_map = score(best_plan) if removed_blocks else baseline
-    trials: list[AutoTrial] = []
+    best_plan, best_map = plan_at(0.0), baseline
+    if search_blocks:
+        # Integer bisection on the block count: `passing` blocks are known to pass, `failing` to fail.
+        passing, failing = 0, removable_block_count(model) + 1
+        while failing - passing > 1:
+            count = (passing + failing) // 2
+            plan = plan_at(0.0, plan_layer_prune(model, count))
+            map50 = score(plan)
+            accepted = map50 >= baseline - BLOCK_SHARE * max_map_drop
+            record(plan, 0.0, map50, accepted)
+            if accepted:
+                passing, best_plan, best_map = count, plan, map50
+            else:
+                failing = count
+        removed_blocks = plan_layer_prune(model, passing)
+    elif removed_blocks:
+        best_map = score(best_plan)
     low, high = 0.0, 1.0  # low: largest fraction known to pass; high: smallest known to fail (or 1)
     for step in range(steps):
         ratio = high if step == 0 else (low + high) / 2  # try everything first: it may already pass
         plan = plan_at(ratio)
         map50 = score(plan)
         accepted = map50 >= floor
-        trials.append(AutoTrial(ratio, plan.threshold, plan.macs_after / plan.macs_before, plan.params_after / plan.params_before, map50, accepted))
-        log.info("auto prune: ratio %.4f  MACs x%.3f  mAP@0.5 %.4f  %s", ratio, trials[-1].macs_ratio, map50, "ok" if accepted else "too low")
+        record(plan, ratio, map50, accepted)
         if accepted:
             low, best_plan, best_map = ratio, plan, map50
             if step == 0:

@@ -23,6 +23,10 @@ from yoloprune.prune.report import write_prune_outputs
 
 log = logging.getLogger(__name__)
 
+# BN re-calibration after pruning, on by default when training images are at hand: on the demo's
+# sparse model it raised the no-finetune mAP@0.5 at every MACs budget tried (docs/pruning-comparison.md).
+DEFAULT_CALIBRATION_IMAGES = 256
+
 AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "max_map_drop")
 
 
@@ -38,8 +42,8 @@ class PruneSettings:
     max_map_drop: float | None = None
     min_keep: float = 1
     round_to: int = 1
-    layers: int = 0
-    calibrate: int = 0
+    layers: int | str = 0  # residual blocks to remove, or "auto" (chosen by the mAP search)
+    calibrate: int | None = None  # images for BN re-calibration; None: DEFAULT_CALIBRATION_IMAGES with data, else 0
     data: str | None = None
     img_size: int | None = None
     batch: int = 8
@@ -69,15 +73,24 @@ class PruneSettings:
             fail("--max-map-drop needs a non-negative value and --data")
         if self.min_keep < 0 or (self.min_keep >= 1 and self.min_keep != int(self.min_keep)):
             fail(f"--min-keep must be a fraction in [0, 1) or a whole count, got {self.min_keep}")
-        if self.round_to < 1 or self.layers < 0 or self.calibrate < 0 or self.batch < 1 or self.auto_steps < 1:
+        if self.layers == "auto" and self.max_map_drop is None:
+            fail("--layers auto needs --max-map-drop (the block count is chosen by validation mAP)")
+        if self.layers != "auto" and not isinstance(self.layers, int):
+            fail(f"--layers must be a block count or 'auto', got {self.layers!r}")
+        if self.round_to < 1 or (self.layers != "auto" and self.layers < 0) or self.calibration_images() < 0 or self.batch < 1 or self.auto_steps < 1:
             fail("--round, --batch and --auto-steps must be >= 1; --layers and --calibrate >= 0")
-        if self.calibrate and not self.data:
+        if self.calibration_images() and not self.data:
             fail("--calibrate needs --data (its training images)")
         if self.img_size is not None and (self.img_size <= 0 or self.img_size % 32):
             fail(f"--img-size must be a positive multiple of 32, got {self.img_size}")
         if not given and not self.layers:
             fail("say how much to prune: --ratio, --threshold, --target-flops, --target-params, --max-map-drop or --layers")
         self.torch_device()
+
+    def calibration_images(self) -> int:
+        if self.calibrate is not None:
+            return self.calibrate
+        return DEFAULT_CALIBRATION_IMAGES if self.data else 0
 
     def torch_device(self) -> torch.device:
         try:
@@ -103,7 +116,7 @@ def _make_recalibrator(settings: PruneSettings, img_size: int):
 
     def recalibrate(model: Darknet) -> int:
         loader = create_dataloader(spec.train, img_size, settings.batch, augment=False, workers=settings.workers, shuffle=True, skip_bad=True, seed=0)
-        return recalibrate_batchnorm(model, loader, settings.calibrate, settings.torch_device())
+        return recalibrate_batchnorm(model, loader, settings.calibration_images(), settings.torch_device())
 
     return recalibrate
 
@@ -114,15 +127,17 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
     out_dir = Path(out_dir)
     model = model.eval()
     img_size = settings.img_size or model.cfg.net.width
-    recalibrate = _make_recalibrator(settings, img_size) if settings.calibrate else None
+    recalibrate = _make_recalibrator(settings, img_size) if settings.calibration_images() else None
     start = time.perf_counter()
-    blocks = plan_layer_prune(model, settings.layers)
+    search_blocks = settings.layers == "auto"
+    blocks = [] if search_blocks else plan_layer_prune(model, settings.layers)
     common = dict(min_keep=settings.min_keep, round_to=settings.round_to, img_size=img_size, removed_blocks=blocks)
     auto_result = None
     if settings.max_map_drop is not None:
         evaluate = make_map50_evaluator(settings.data, img_size, settings.batch, settings.torch_device(), settings.workers)
         auto_result = search_max_pruning(
-            model, evaluate, settings.max_map_drop, settings.mode, steps=settings.auto_steps, recalibrate=recalibrate, **common
+            model, evaluate, settings.max_map_drop, settings.mode, steps=settings.auto_steps, recalibrate=recalibrate,
+            search_blocks=search_blocks, **common,
         )
         plan = auto_result.plan
     else:

@@ -99,6 +99,7 @@ class TrainConfig:
     batch_size: int = 16
     img_size: int | None = None  # default: the cfg's [net] width
     lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam" (AdamW: converges in fewer steps on short CPU runs)
     lr_final_ratio: float = 0.05  # cosine ends at lr · this
     momentum: float = 0.937
     weight_decay: float = 5e-4  # conv weights only: never on BN γ/β or biases
@@ -107,6 +108,10 @@ class TrainConfig:
     sparsity_layers: str | list[int] = "all"
     sparsity_decay: float | None = None  # fraction of epochs after which s is scaled by sparsity_decay_factor
     sparsity_decay_factor: float = 0.01
+    # Learning-rate multiplier for the penalised γ during sparsity training. With Adam a parameter moves
+    # at most about lr per step, so at lr 1e-3 a γ of 1 needs ~1000 steps to reach 0; 10 lets the
+    # penalty empty the unimportant channels within a few epochs. SGD needs no boost (keep 1).
+    gamma_lr_scale: float = 1.0
     device: str = "cpu"
     resume: bool = False
     workers: int = 0
@@ -167,14 +172,32 @@ ExtraLossTerm = Callable[[torch.Tensor, list, torch.Tensor], "tuple[torch.Tensor
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Conv weights decay; BN γ/β and biases do not (decay on γ would fight or fake the sparsity)."""
-    decayed, plain = [], []
-    for name, parameter in model.named_parameters():
+def build_param_groups(model: nn.Module, weight_decay: float, lr: float, scaled: Sequence[nn.Parameter] = (), lr_scale: float = 1.0) -> list[dict]:
+    """Conv weights decay; BN γ/β and biases do not (decay on γ would fight or fake the sparsity).
+    The `scaled` parameters (the penalised γ) get `lr · lr_scale` in a group of their own."""
+    scaled_ids = {id(parameter) for parameter in scaled} if lr_scale != 1.0 else set()
+    decayed, plain, boosted = [], [], []
+    for parameter in model.parameters():
         if not parameter.requires_grad:
             continue
-        (decayed if parameter.ndim > 1 else plain).append(parameter)
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+        (boosted if id(parameter) in scaled_ids else decayed if parameter.ndim > 1 else plain).append(parameter)
+    groups = [{"params": decayed, "weight_decay": weight_decay, "lr": lr}, {"params": plain, "weight_decay": 0.0, "lr": lr}]
+    if boosted:
+        groups.append({"params": boosted, "weight_decay": 0.0, "lr": lr * lr_scale})
+    return groups
+
+
+def build_optimizer(name: str, param_groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (the YOLOv3 recipe) or AdamW with β1 = momentum.
+
+    The sparsity penalty is added to γ.grad before the step, so with AdamW the penalty is normalised
+    like any gradient: every γ whose task gradient is small moves towards 0 at about lr per step.
+    """
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return torch.optim.AdamW(param_groups, lr=lr, betas=(momentum, 0.999))
+    raise ValueError(f"unknown optimizer {name!r}: expected 'sgd' or 'adam'")
 
 
 def lr_factor_at(step: int, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
@@ -347,9 +370,9 @@ class Trainer:
             self.extra_loss_terms.append(OutputDistillation(teacher, config.distill_weight))
         self.loss_fn = YoloLoss.for_model(self.bare_model, weights=LossWeights(**config.loss_weights), **config.loss_options)
         self._build_loaders()
-        self.optimizer = torch.optim.SGD(
-            build_param_groups(self.bare_model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
-        )
+        penalised = [self.bare_model.layers[idx].bn.weight for idx in self.sparsity_layers] if config.sparsity else []
+        groups = build_param_groups(self.bare_model, config.weight_decay, config.lr, penalised, config.gamma_lr_scale)
+        self.optimizer = build_optimizer(config.optimizer, groups, config.lr, config.momentum)
         self.steps_per_epoch = len(self.train_loader)
         total_steps = config.epochs * self.steps_per_epoch
         warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
