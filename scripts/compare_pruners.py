@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from yoloprune.bench.profile import time_interleaved, torch_runner
+from yoloprune.bench.profile import count_forward_macs, time_interleaved, torch_runner
 from yoloprune.darknet.model import count_parameters
 from yoloprune.darknet.weights import load_model
 from yoloprune.errors import YoloPruneError
@@ -46,13 +45,6 @@ class _Heads(torch.nn.Module):
         return self.model.forward_heads(x)
 
 
-def count_macs(model, img_size: int) -> int:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model.eval().forward_heads(torch.zeros(1, 3, img_size, img_size))
-    return counter.get_total_flops() // 2
-
-
 def prune_with_torch_pruning(model, img_size: int, target_macs: float, round_to: int, steps: int = 12):
     """Torch-Pruning at `target_macs` (fraction): global BN-scale importance, head convs ignored, one-shot.
 
@@ -62,7 +54,7 @@ def prune_with_torch_pruning(model, img_size: int, target_macs: float, round_to:
     import torch_pruning as tp
 
     example = torch.rand(1, 3, img_size, img_size)
-    base = count_macs(model, img_size)
+    base = count_forward_macs(model, img_size)
     low, high, best = 0.0, 1.0, None
     for _ in range(steps):
         ratio = (low + high) / 2
@@ -73,7 +65,7 @@ def prune_with_torch_pruning(model, img_size: int, target_macs: float, round_to:
             ignored_layers=heads, global_pruning=True, round_to=round_to if round_to > 1 else None,
         )
         pruner.step()
-        fraction = count_macs(pruned, img_size) / base
+        fraction = count_forward_macs(pruned, img_size) / base
         if fraction <= target_macs:
             best, high = (fraction, pruned), ratio
         else:
@@ -175,13 +167,13 @@ def main(argv=None) -> int:
     times = time_interleaved({key: torch_runner(m, x) for key, m in models.items()}, runs=args.runs, warmup=5)
     median = {key: sorted(values)[len(values) // 2] for key, values in times.items()}
     base_key = ("sparse (unpruned)", None)
-    base_params, base_macs = count_parameters(model), count_macs(model, img_size)
+    base_params, base_macs = count_parameters(model), count_forward_macs(model, img_size)
     rows = []
     for (name, target), pruned in models.items():
         metrics = evaluate_model(pruned, batches, progress=False)
         rows.append(dict(
             name=name, target=target, params_ratio=count_parameters(pruned) / base_params,
-            macs_ratio=count_macs(pruned, img_size) / base_macs, latency_ratio=median[(name, target)] / median[base_key],
+            macs_ratio=count_forward_macs(pruned, img_size) / base_macs, latency_ratio=median[(name, target)] / median[base_key],
             latency_ms=median[(name, target)], map50=metrics.map50, map=metrics.map,
         ))
         log.info("%s", json.dumps(rows[-1]))

@@ -260,7 +260,7 @@ def _report_text(settings: DemoProfile, bench, table: str, prune_report: dict, s
         + (", residual blocks removed first (as many as keep mAP@0.5 within half the tolerance)" if settings.layers == "auto" else "")
         + f", then the most channels whose validation mAP@0.5 stays within {settings.max_map_drop} of the sparse model "
         f"(bisection, {settings.auto_steps} evaluations); threshold |γ| = {prune_report.get('threshold', float('nan')):.4g}, "
-        f"{_removed_block_count(prune_report)} residual block(s) removed, kept channels rounded up to multiples of {settings.round_to}, "
+        f"{len(prune_report.get('removed_blocks', []))} residual block(s) removed, kept channels rounded up to multiples of {settings.round_to}, "
         f"BN statistics re-calibrated on {prune_report.get('calibrated_images', 0)} training images (every trial of the search too).",
         f"- Finetuning: {settings.finetune_epochs} epochs at lr {settings.lr * settings.finetune_lr_ratio:g}, distilled from the baseline.",
         "",
@@ -300,11 +300,6 @@ def _report_text(settings: DemoProfile, bench, table: str, prune_report: dict, s
         "",
     ]
     return "\n".join(lines)
-
-
-def _removed_block_count(prune_report: dict) -> int:
-    removed = prune_report.get("removed_blocks", 0)
-    return removed if isinstance(removed, int) else len(removed)
 
 
 def profile_with(name: str, **changes) -> DemoProfile:

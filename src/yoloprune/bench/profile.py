@@ -54,12 +54,9 @@ def model_size_mb(model: nn.Module) -> float:
     return numel * 4 / 1e6
 
 
-def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
-    """Per-layer shapes, params and MACs, and totals from one batch-1 forward at `img_size` (square).
-
-    The total MACs come from torch's flop counter on the real forward; the per-layer split is the
-    conv formula on the cfg (`darknet.graph.conv_macs_per_layer`); tests check that the two agree.
-    """
+def count_forward_macs(model: Darknet, img_size: int = 416) -> int:
+    """MACs of one batch-1 forward at `img_size` (square), by torch's flop counter on the real layers,
+    so it also holds for a model whose modules no longer match its cfg (pruned by another tool)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -69,6 +66,16 @@ def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
             model.forward_heads(torch.zeros(1, model.cfg.net.channels, img_size, img_size, device=device))
     finally:
         model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
+    """Per-layer shapes, params and MACs, and totals from one batch-1 forward at `img_size` (square).
+
+    The total MACs come from torch's flop counter on the real forward; the per-layer split is the
+    conv formula on the cfg (`darknet.graph.conv_macs_per_layer`); tests check that the two agree.
+    """
+    total_macs = count_forward_macs(model, img_size)
     cfg = model.cfg
     out_hw = infer_output_hw(cfg, (img_size, img_size))
     layer_macs = conv_macs_per_layer(cfg, img_size)
@@ -87,7 +94,6 @@ def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
                 macs=layer_macs[idx],
             )
         )
-    total_macs = counter.get_total_flops() // 2
     return ModelProfile(
         params=count_parameters(model),
         size_mb=model_size_mb(model),

@@ -19,11 +19,11 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from yoloprune.darknet.graph import ResidualBlock
+from yoloprune.darknet.graph import ResidualBlock, residual_blocks
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.apply import prune_model
 from yoloprune.prune.channel import plan_channel_prune
-from yoloprune.prune.layer import plan_layer_prune, removable_block_count
+from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def search_max_pruning(
     best_plan, best_map = plan_at(0.0), baseline
     if search_blocks:
         # Integer bisection on the block count: `passing` blocks are known to pass, `failing` to fail.
-        passing, failing = 0, removable_block_count(model) + 1
+        passing, failing = 0, len(residual_blocks(model.cfg)) + 1
         while failing - passing > 1:
             count = (passing + failing) // 2
             plan = plan_at(0.0, plan_layer_prune(model, count))
@@ -113,7 +113,7 @@ def search_max_pruning(
                 passing, best_plan, best_map = count, plan, map50
             else:
                 failing = count
-        removed_blocks = plan_layer_prune(model, passing)
+        removed_blocks = best_plan.removed_blocks
     elif removed_blocks:
         best_map = score(best_plan)
     low, high = 0.0, 1.0  # low: largest fraction known to pass; high: smallest known to fail (or 1)

@@ -18,10 +18,6 @@ def block_importance(model: Darknet, block: ResidualBlock) -> float:
     return float(model.layers[block.second].bn.weight.detach().abs().mean())
 
 
-def removable_block_count(model: Darknet) -> int:
-    return len(residual_blocks(model.cfg))
-
-
 def plan_layer_prune(model: Darknet, num_blocks: int) -> list[ResidualBlock]:
     """The `num_blocks` removable residual blocks with the lowest importance, in cfg order."""
     blocks = residual_blocks(model.cfg)
