@@ -1,11 +1,26 @@
-"""Shared test helpers: paths to the reference cfgs and a way to make BN layers non-trivial."""
+"""Shared test helpers: paths to the reference cfgs and a way to make BN layers non-trivial.
+
+Every test starts from the same random state (torch, numpy, python), so a failure reproduces and no
+test depends on which tests ran before it on the same xdist worker. Hypothesis runs derandomized
+(profile "ci", the default): the same examples on every run; `HYPOTHESIS_PROFILE=explore` searches anew.
+"""
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
+
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+TEST_SEED = 0
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -42,6 +57,26 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def random_darknet(text: str, std: float = 0.3, seed: int = 0):
+    """An eval-mode model of cfg `text` with N(0, std) weights and random BN (every channel non-trivial)."""
+    from yoloprune.darknet.model import Darknet
+
+    torch.manual_seed(seed)
+    model = Darknet.from_text(text)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return randomize_bn(model, seed).eval()
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def seeded_random_state():
+    """The same torch, numpy and python random state at the start of every test."""
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
+    torch.manual_seed(TEST_SEED)

@@ -20,7 +20,7 @@ NANO = str(CONFIGS / "yolov3-hand-nano.cfg")
 def test_onnx_export_parity_with_dynamic_batch(tmp_path):
     model = random_model(NANO).eval()
     result = export_onnx(model, tmp_path / "m.onnx", img_size=96, dynamic_batch=True)
-    assert result.max_abs_diff <= 1e-3
+    assert result.parity_error <= 1e-4
     import onnx
 
     proto = onnx.load(str(result.path))
@@ -30,14 +30,34 @@ def test_onnx_export_parity_with_dynamic_batch(tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert ort_out.shape == expected.shape
-    assert np.abs(ort_out - expected).max() <= 1e-3
+    # Box coordinates are input pixels: compare them as a share of the 96-px image (float32 rounding
+    # of a 96-px box is ~1e-5 px on one CPU and 1e-3 px on another); probabilities as they are.
+    boxes, scores = np.s_[..., :4], np.s_[..., 4:]
+    assert np.abs(ort_out[boxes] - expected[boxes]).max() / 96 <= 1e-4
+    assert np.abs(ort_out[scores] - expected[scores]).max() <= 1e-4
+
+
+def test_onnx_parity_error_scales_boxes_by_the_input_size():
+    from yoloprune.export.onnx import parity_error
+
+    reference = np.zeros((1, 2, 6), dtype=np.float32)
+    shifted_box = reference.copy()
+    shifted_box[0, 1, 2] = 4.16  # w off by 4.16 px on a 416-px-wide input: 1 % of the image
+    assert parity_error(reference, shifted_box, (208, 416)) == pytest.approx(0.01)
+    shifted_score = reference.copy()
+    shifted_score[0, 0, 5] = 0.02  # a class probability off by 0.02
+    assert parity_error(reference, shifted_score, (416, 416)) == pytest.approx(0.02)
+    overflowed = reference.copy()
+    overflowed[0, 0, 3] = np.inf
+    assert parity_error(overflowed, overflowed, (416, 416)) == 0.0
+    assert parity_error(overflowed, reference, (416, 416)) == float("inf")
 
 
 def test_export_cli_onnx_and_darknet(tmp_path, capsys):
     model = random_model(NANO)
     save_checkpoint(tmp_path / "m.pt", model)
     assert main(["export", "--weights", str(tmp_path / "m.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--img-size", "64"]) == 0
-    assert "max abs diff" in capsys.readouterr().out
+    assert "parity error vs PyTorch" in capsys.readouterr().out
     assert main(["export", "--weights", str(tmp_path / "m.pt"), "--format", "darknet", "--out", str(tmp_path / "dark")]) == 0
     reloaded = load_model(tmp_path / "dark.cfg", tmp_path / "dark.weights")
     assert_same_state(model, reloaded)

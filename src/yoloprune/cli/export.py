@@ -19,7 +19,11 @@ def register(subparsers) -> None:
     parser.add_argument("--img-size", type=int, default=None, help="input size for ONNX (default: the cfg's width)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13, default 17)")
     parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: make the batch dimension dynamic")
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="ONNX: max abs difference allowed (default 1e-3)")
+    parser.add_argument(
+        "--tolerance", type=float, default=None,
+        help="ONNX: largest difference from PyTorch allowed, boxes as a share of the input size, probabilities "
+        "as they are (default: export.onnx.PARITY_TOLERANCE, 1e-4)",
+    )
     parser.set_defaults(func=run_export)
 
 
@@ -34,14 +38,14 @@ def run_export(args: argparse.Namespace) -> int:
         cfg_path, weights_path = export_darknet(model, args.out)
         print(f"wrote {cfg_path} and {weights_path}")
         return 0
-    from yoloprune.export.onnx import export_onnx
+    from yoloprune.export.onnx import PARITY_TOLERANCE, export_onnx
 
     if args.opset < 13:
         raise ExportError(f"--opset must be >= 13, got {args.opset}")
     img_size = args.img_size or model.cfg.net.width
     if img_size % 32:
         raise ExportError(f"--img-size must be a multiple of 32, got {img_size}")
-    result = export_onnx(model, args.out, img_size, args.opset, args.dynamic_batch, tolerance=args.tolerance)
+    result = export_onnx(model, args.out, img_size, args.opset, args.dynamic_batch, tolerance=PARITY_TOLERANCE if args.tolerance is None else args.tolerance)
     print(f"wrote {result.path} (opset {result.opset}, input 1x3x{img_size}x{img_size}"
-          f"{', dynamic batch' if result.dynamic_batch else ''}); max abs diff vs PyTorch: {result.max_abs_diff:.2e}")
+          f"{', dynamic batch' if result.dynamic_batch else ''}); parity error vs PyTorch: {result.parity_error:.2e} (boxes / input size)")
     return 0

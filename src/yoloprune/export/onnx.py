@@ -16,13 +16,18 @@ from yoloprune.fileio import atomic_output
 
 log = logging.getLogger(__name__)
 
-PARITY_TOLERANCE = 1e-3
+# Largest accepted difference between ONNX Runtime's and PyTorch's decoded outputs, with the box
+# columns measured as a share of the input size and the probabilities as they are. An absolute
+# tolerance on pixel coordinates would depend on the input size: float32 accumulation order alone
+# moves a box by ~1e-3 px at 96 px on one CPU and more at 416 px.
+PARITY_TOLERANCE = 1e-4
+BOX_COLUMNS = 4  # cx, cy, w, h in input pixels; then objectness and class probabilities
 
 
 @dataclass
 class OnnxExport:
     path: Path
-    max_abs_diff: float
+    parity_error: float  # see `parity_error`
     opset: int
     dynamic_batch: bool
 
@@ -38,7 +43,7 @@ def export_onnx(
 ) -> OnnxExport:
     """Write `model` (eval mode: decoded boxes `(N, anchors, 5 + classes)`) as one ONNX file.
 
-    The output is compared with PyTorch's on a random image through ONNX Runtime; a difference
+    The output is compared with PyTorch's on a random image through ONNX Runtime; a `parity_error`
     above `tolerance` raises ExportError and leaves no file behind.
     """
     path = Path(path)
@@ -62,11 +67,14 @@ def export_onnx(
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
-        max_diff = check_onnx_parity(model, tmp, example) if check else float("nan")
-        if check and not max_diff <= tolerance:
-            raise ExportError(f"ONNX output differs from PyTorch by {max_diff:.3g} (> {tolerance:g}); file not written", path)
-    log.debug("wrote %s (opset %d, max abs diff vs PyTorch %.2e)", path, opset, max_diff)
-    return OnnxExport(path, max_diff, opset, dynamic_batch)
+        error = check_onnx_parity(model, tmp, example) if check else float("nan")
+        if check and not error <= tolerance:
+            raise ExportError(
+                f"ONNX output differs from PyTorch by {error:.3g} (boxes as a share of the {img_size}-px input; > {tolerance:g}); file not written",
+                path,
+            )
+    log.debug("wrote %s (opset %d, parity error vs PyTorch %.2e)", path, opset, error)
+    return OnnxExport(path, error, opset, dynamic_batch)
 
 
 def create_ort_session(path: str | Path, threads: int | None = None):
@@ -84,14 +92,23 @@ def create_ort_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def parity_error(reference: np.ndarray, candidate: np.ndarray, img_hw: tuple[int, int]) -> float:
+    """Largest difference between two decoded outputs `(N, boxes, 5 + classes)`: box columns divided
+    by the input height/width (a share of the image), probabilities as they are."""
+    scale = np.ones(reference.shape[-1], dtype=np.float64)
+    scale[[0, 2]], scale[[1, 3]] = img_hw[1], img_hw[0]
+    reference, candidate = reference / scale, candidate / scale
+    # An untrained model can overflow exp() in the box decoding; matching infinities are agreement.
+    finite = np.isfinite(reference)
+    if not np.array_equal(finite, np.isfinite(candidate)) or not np.array_equal(reference[~finite], candidate[~finite]):
+        return float("inf")
+    return float(np.abs(candidate[finite] - reference[finite]).max(initial=0.0))
+
+
 def check_onnx_parity(model: Darknet, onnx_path: str | Path, example: torch.Tensor) -> float:
-    """Max absolute difference between ONNX Runtime's and PyTorch's outputs on `example`."""
+    """`parity_error` between ONNX Runtime's and PyTorch's outputs on `example`."""
     session = create_ort_session(onnx_path)
     (ort_out,) = session.run(["boxes"], {"images": example.cpu().numpy()})
     with torch.no_grad():
         torch_out = model(example).cpu().numpy()
-    # An untrained model can overflow exp() in the box decoding; matching infinities are agreement.
-    finite = np.isfinite(torch_out)
-    if not np.array_equal(finite, np.isfinite(ort_out)) or not np.array_equal(torch_out[~finite], ort_out[~finite]):
-        return float("inf")
-    return float(np.abs(ort_out[finite] - torch_out[finite]).max(initial=0.0))
+    return parity_error(torch_out, ort_out, (example.shape[2], example.shape[3]))
