@@ -59,6 +59,17 @@ def upsample_feeding_conv_indices(cfg: DarknetCfg) -> set[int]:
     }
 
 
+def layer_consumers(cfg: DarknetCfg) -> list[list[int]]:
+    """Per layer: the later layers that read its output, in order, each listed once even where it
+    reads the output twice (a shortcut `from=-1`, a route naming a layer twice)."""
+    consumers: list[list[int]] = [[] for _ in cfg.layers]
+    for idx in range(len(cfg.layers)):
+        for j in dict.fromkeys(cfg.inputs_of(idx)):
+            if j >= 0:
+                consumers[j].append(idx)
+    return consumers
+
+
 def bn_conv_indices(cfg: DarknetCfg) -> list[int]:
     """All convs with batch normalisation, in cfg order."""
     return [idx for idx, block in enumerate(cfg.layers) if isinstance(block, ConvBlock) and block.batch_normalize]
@@ -182,12 +193,8 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
 
     image_map = (ChannelSpan(-1, 0, cfg.net.channels),)
     maps: list[tuple[ChannelSpan, ...]] = []
-    consumers: list[list[int]] = [[] for _ in cfg.layers]
     for idx, block in enumerate(cfg.layers):
         inputs = cfg.inputs_of(idx)
-        for j in inputs:
-            if j >= 0:
-                consumers[j].append(idx)
         input_maps = [image_map if j < 0 else maps[j] for j in inputs]
         if isinstance(block, ConvBlock):
             union.find(idx)
@@ -231,7 +238,7 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
     for root, convs in sorted(members.items()):
         why = [f"conv {conv_idx}: {r}" for conv_idx in convs for r in reasons.get(conv_idx, [])]
         groups[root] = ChannelGroup(tuple(sorted(convs)), cfg.layers[root].filters, prunable=not why, reasons=tuple(dict.fromkeys(why)))
-    return DarknetGraph(cfg, out_channels, maps, consumers, groups, group_of)
+    return DarknetGraph(cfg, out_channels, maps, layer_consumers(cfg), groups, group_of)
 
 
 def prunable_conv_indices(cfg: DarknetCfg, mode: str = "safe") -> list[int]:
@@ -265,11 +272,7 @@ def residual_blocks(cfg: DarknetCfg) -> list[ResidualBlock]:
     """Blocks that can be removed whole: two chained convs whose sum with the block input is a linear
     [shortcut], nothing else reading the convs, and a batch-normalised second conv (its constant
     output β is what the shortcut keeps adding once the block is gone)."""
-    consumers: list[list[int]] = [[] for _ in cfg.layers]
-    for idx in range(len(cfg.layers)):
-        for j in cfg.inputs_of(idx):
-            if j >= 0:
-                consumers[j].append(idx)
+    consumers = layer_consumers(cfg)
     blocks = []
     for idx, block in enumerate(cfg.layers):
         if not isinstance(block, ShortcutBlock) or block.activation != "linear" or idx < 3:

@@ -188,9 +188,10 @@ def infer_channels(cfg: DarknetCfg) -> list[int]:
             channels.append(sum(c // block.groups for c in inputs))
         elif isinstance(block, ShortcutBlock):
             if inputs[0] != inputs[1]:
+                # darknet would still add them, over the channels both have; yoloprune sums equal shapes only
                 raise CfgError(
-                    f"[shortcut] layer {idx}: adds {inputs[0]} channels (layer {idx - 1}) to {inputs[1]} "
-                    f"(layer {cfg.inputs_of(idx)[1]}); they must match",
+                    f"[shortcut] layer {idx}: from={block.from_} adds {inputs[1]} channels (layer {cfg.inputs_of(idx)[1]}) "
+                    f"to {inputs[0]} (layer {idx - 1}); they must match",
                     cfg.path,
                     block.line,
                 )
@@ -260,10 +261,10 @@ class Darknet(nn.Module):
         heads: list[torch.Tensor] = []
         kept_set = set(self._kept)
         for idx, (block, layer) in enumerate(zip(self.cfg.layers, self.layers)):
-            if isinstance(block, RouteBlock):
-                x = layer([x if j == idx - 1 else kept[j] for j in self.cfg.inputs_of(idx)])
-            elif isinstance(block, ShortcutBlock):
-                x = layer(x, kept[self.cfg.inputs_of(idx)[1]])
+            if isinstance(block, (RouteBlock, ShortcutBlock)):
+                # the previous layer's output is `x` (also for a shortcut `from=-1`: x + x); older ones were kept
+                inputs = [x if j == idx - 1 else kept[j] for j in self.cfg.inputs_of(idx)]
+                x = layer(inputs) if isinstance(block, RouteBlock) else layer(*inputs)
             elif isinstance(block, YoloBlock):
                 heads.append(layer(x))
             else:
