@@ -14,6 +14,7 @@ from yoloprune.darknet.cfg import load_cfg
 from yoloprune.darknet.graph import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
+from yoloprune.prune.auto import make_map50_evaluator
 from yoloprune.prune.plan import PrunePlan
 
 OUTPUTS = ("plan.json", "pruned.cfg", "pruned.weights", "pruned.pt", "report.json", "channels.png")
@@ -114,18 +115,93 @@ def test_hand_cfg_safe_and_full_budget(tmp_path):
 
 
 @pytest.mark.slow  # each newly shaped model's first forward sets up its conv kernels: seconds on CPU
-def test_auto_prune_with_calibration_on_a_synthetic_dataset(tmp_path):
+def test_auto_prune_with_calibration_on_a_synthetic_dataset(tmp_path, monkeypatch):
     assert main(["data", "synth", str(tmp_path / "data"), "--train", "4", "--val", "4", "--img-size", "64"]) == 0
     data = next((tmp_path / "data").glob("*.data"))
+    model = sparse_nano()
     checkpoint = tmp_path / "sparse.pt"
-    save_checkpoint(checkpoint, sparse_nano())
+    save_checkpoint(checkpoint, model)
+    # A random model's mAP is ~0 whatever is pruned, so every trial would pass. The measured mAP gets a
+    # scripted term, the fraction of parameters kept, so that pruning too much is rejected.
+    unpruned_params = count_parameters(model)
+
+    def evaluator_with_a_scripted_term(*args, **kwargs):
+        measured = make_map50_evaluator(*args, **kwargs)
+        return lambda m: measured(m) + count_parameters(m) / unpruned_params
+
+    monkeypatch.setattr("yoloprune.prune.run.make_map50_evaluator", evaluator_with_a_scripted_term)
     out = tmp_path / "out"
     args = ["prune", "--weights", str(checkpoint), "--out", str(out), "--data", str(data), "--img-size", "64", "--batch", "4"]
-    assert main([*args, "--max-map-drop", "0.5", "--calibrate", "4", "--auto-steps", "1"]) == 0
+    assert main([*args, "--max-map-drop", "0.65", "--calibrate", "4", "--auto-steps", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["calibrated_images"] == 4
-    trials = report["auto"]["trials"]
-    assert trials and all(t["map50"] >= report["auto"]["map50_before"] - 0.5 for t in trials if t["accepted"])
+    auto = report["auto"]
+    floor = auto["map50_before"] - 0.65
+    trials = auto["trials"]
+    # removing all candidate channels keeps x0.003 of the parameters: too far; half of them keeps x0.40
+    assert [t["accepted"] for t in trials] == [False, True]
+    assert all((t["map50"] >= floor) == t["accepted"] for t in trials)
+    assert auto["map50_after"] == trials[-1]["map50"] >= floor
     pruned = load_model(None, out / "pruned.pt").eval()
     assert count_parameters(pruned) == report["params_after"]
+    assert count_parameters(pruned) / unpruned_params == pytest.approx(trials[-1]["params_ratio"])
     assert all(torch.isfinite(h).all() for h in heads(pruned, torch.rand(1, 3, 64, 64)))
+
+
+def folder_bytes(folder) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def checkpoint_and_prune_args(tmp_path) -> list[str]:
+    checkpoint = tmp_path / "sparse.pt"
+    save_checkpoint(checkpoint, sparse_nano())
+    return ["prune", "--weights", str(checkpoint), "--out", str(tmp_path / "out"), "--mode", "safe"]
+
+
+def test_an_interrupted_prune_leaves_the_previous_output_folder_untouched(tmp_path, monkeypatch):
+    args, out = checkpoint_and_prune_args(tmp_path), tmp_path / "out"
+    assert main([*args, "--ratio", "0.3"]) == 0
+    previous, entries = folder_bytes(out), sorted(p.name for p in tmp_path.iterdir())
+
+    def interrupt(*args, **kwargs):  # Ctrl-C while the last file is written, the others being done
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("yoloprune.prune.report.plot_channels", interrupt)
+    assert main([*args, "--ratio", "0.6"]) == 130
+    assert folder_bytes(out) == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == entries  # no staging folder left behind
+
+
+def test_a_failed_first_prune_leaves_no_output_folder(tmp_path, monkeypatch):
+    args = checkpoint_and_prune_args(tmp_path)
+
+    def fail(*args, **kwargs):  # an unexpected error while writing the weights, plan.json and pruned.cfg being done
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr("yoloprune.darknet.weights.save_darknet_weights", fail)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        main([*args, "--ratio", "0.5"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparse.pt"]
+
+
+def test_a_new_prune_replaces_every_file_of_the_previous_one(tmp_path):
+    args, out = checkpoint_and_prune_args(tmp_path), tmp_path / "out"
+    assert main([*args, "--ratio", "0.3"]) == 0
+    assert main([*args, "--ratio", "0.6", "--plan-only"]) == 0
+    # the previous pruned model does not stay beside a plan it does not come from
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json"]
+    assert PrunePlan.load(out / "plan.json").settings["ratio"] == 0.6
+
+
+def test_an_output_folder_holding_other_files_is_refused_and_kept(tmp_path, capsys):
+    args, out = checkpoint_and_prune_args(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "report.json").write_text("{}")
+    code = main([*args, "--ratio", "0.5"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("yoloprune: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert str(out) in errors[0] and "notes.txt" in errors[0] and "report.json" not in errors[0]
+    assert folder_bytes(out) == {"notes.txt": b"mine", "report.json": b"{}"}

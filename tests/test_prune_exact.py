@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import CONFIGS, cfg_text, conv, randomize_bn
+from conftest import CONFIGS, cfg_text, conv, random_darknet, randomize_bn
 from yoloprune.darknet.cfg import ConvBlock
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.apply import build_compact_model, mask_model, prune_model
@@ -12,13 +12,7 @@ from yoloprune.prune.layer import plan_layer_prune
 
 
 def build(*sections: str) -> Darknet:
-    text = cfg_text(*sections)
-    torch.manual_seed(0)
-    model = Darknet.from_text(text)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return randomize_bn(model).eval()
+    return random_darknet(cfg_text(*sections))
 
 
 def zero_gammas(model: Darknet, channels_by_layer: dict[int, list[int]]) -> int:

@@ -1,6 +1,8 @@
-"""Atomic file writes: write a temp file beside the target, then rename over it.
+"""Atomic file writes: write a temp file beside the target, flush it to disk, then rename over it.
 
-A crash or Ctrl-C mid-write leaves the previous file intact, never a truncated one.
+A crash, Ctrl-C or power loss mid-write leaves the previous file intact, never a truncated one: the
+temp file's data is fsynced before the rename (otherwise the rename can reach the disk before the
+data does), and the folder is fsynced after it so that the rename itself is durable.
 """
 
 from __future__ import annotations
@@ -10,6 +12,24 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a closed file's data to disk."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_directory(path: str | Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; its renames are durable without it
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -22,7 +42,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp_name)
     try:
         yield tmp_path
+        fsync_file(tmp_path)
         os.replace(tmp_path, path)
+        fsync_directory(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -42,3 +64,44 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
 
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside `path` (hidden: `.NAME.tmp-XXXX`) to fill; when the block
+    ends without an exception it becomes `path`, replacing whatever had that name wholesale. On an
+    exception it is removed and `path` is left as it was. `path` never holds a mix of old and new
+    files: during a replacement it is absent for the instant between two renames."""
+    import secrets
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    tmp = path.parent / f".{path.name}.tmp-{token}"
+    tmp.mkdir()  # not tempfile.mkdtemp: its folder is private (0700), this one gets the umask's mode
+    try:
+        yield tmp
+        fsync_directory(tmp)
+        if os.path.lexists(path):
+            # A rename cannot replace a non-empty folder, so the old one is renamed aside first, the new
+            # one renamed in, and only then is the old one deleted: a crash at any point leaves a complete
+            # folder (the old one, at worst under its hidden `.old-` name), never a half-deleted one.
+            old = path.parent / f".{path.name}.old-{token}"
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            fsync_directory(path.parent)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            os.rename(tmp, path)
+            fsync_directory(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

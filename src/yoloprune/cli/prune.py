@@ -21,11 +21,18 @@ def register(subparsers) -> None:
         description="Network slimming: rank BN channels by |γ|, remove those under a global threshold (or "
         "as many as a FLOPs/params budget allows), optionally remove whole residual blocks, fold each "
         "removed channel's constant output into the layers that read it, and write the compact model as "
-        "a darknet cfg + weights (plus a .pt checkpoint). The plan is written to OUT/plan.json first.",
+        "a darknet cfg + weights (plus a .pt checkpoint), with the plan in OUT/plan.json. "
+        "Everything is written into a hidden folder beside OUT that replaces OUT only once complete, so "
+        "an interrupted run leaves OUT as it was. An existing OUT is replaced as a whole, and only if it "
+        "holds nothing but a previous run's files (plan.json, pruned.cfg, pruned.weights, pruned.pt, "
+        "report.json, channels.png); otherwise prune refuses before doing any work.",
     )
     parser.add_argument("--cfg", help="darknet .cfg (optional when --weights is a .pt, which carries its cfg)")
     parser.add_argument("--weights", required=True, help="darknet .weights or yoloprune .pt of the model to prune")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--out", required=True,
+        help="output folder; an existing one is replaced as a whole, and only if it holds just a previous prune's files",
+    )
     parser.add_argument(
         "--mode",
         choices=("safe", "full"),
@@ -41,7 +48,8 @@ def register(subparsers) -> None:
     amount.add_argument(
         "--max-map-drop",
         type=float,
-        help="with --data: the most pruning whose valid mAP@0.5 stays within this of the unpruned model (bisection)",
+        help="with --data: the most pruning whose valid mAP@0.5 stays within this of the unpruned model "
+        "(bisection); an error naming the closest trial if removing the --layers blocks alone drops more",
     )
     parser.add_argument("--min-keep", type=float, default=1, help="channels each conv keeps at least: a fraction (< 1) or a count (default 1)")
     parser.add_argument("--round", dest="round_to", type=int, default=1, help="round kept channel counts up to a multiple of this (e.g. 8)")
@@ -60,7 +68,7 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     parser.add_argument("--auto-steps", type=int, default=7, help="evaluations of the --max-map-drop bisection (default 7)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
-    parser.add_argument("--plan-only", action="store_true", help="write OUT/plan.json and print it, change nothing")
+    parser.add_argument("--plan-only", action="store_true", help="write just OUT/plan.json and print the plan, prune nothing")
     parser.set_defaults(func=run_prune)
 
 

@@ -11,6 +11,12 @@ With `search_blocks=True` a first bisection picks how many residual blocks to re
 importance first, see `prune.layer`) within `BLOCK_SHARE` of the tolerance; the channel search then
 uses the whole tolerance, measured from the unpruned model. Blocks go first because a removed block
 saves its layers' fixed per-layer cost too, which matters for latency on small models.
+
+The result always scores within `max_map_drop` of the unpruned model. The channel search starts from
+the blocks-only plan (no channels removed): with no blocks that is the unpruned model, which passes
+by definition; with a fixed block count it is evaluated like any trial, and if it already falls
+below the floor the search stops with `MapToleranceError` naming the closest trial, since removing
+channels as well would only lower the score further.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Callable
 
 from yoloprune.darknet.graph import ResidualBlock, residual_blocks
 from yoloprune.darknet.model import Darknet
+from yoloprune.errors import YoloPruneError
 from yoloprune.prune.apply import prune_model
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.layer import plan_layer_prune
@@ -40,6 +47,21 @@ class AutoTrial:
     map50: float
     accepted: bool
     blocks: int = 0  # residual blocks removed in this trial
+
+
+class MapToleranceError(YoloPruneError):
+    """No plan tried keeps validation mAP@0.5 within the tolerance; `closest` is the trial that
+    scored highest."""
+
+    def __init__(self, baseline: float, max_map_drop: float, closest: AutoTrial):
+        self.baseline, self.max_map_drop, self.closest = baseline, max_map_drop, closest
+        channels = "no channels" if closest.ratio == 0 else f"channel ratio {closest.ratio:g}"
+        super().__init__(
+            f"mAP@0.5 cannot stay within {max_map_drop:g} of the unpruned model's {baseline:.4f} "
+            f"(floor {baseline - max_map_drop:.4f}): the closest trial, {closest.blocks} residual blocks removed "
+            f"with {channels} (MACs x{closest.macs_ratio:.3f}), scores {closest.map50:.4f}; "
+            "use fewer --layers or a larger --max-map-drop"
+        )
 
 
 @dataclass
@@ -72,6 +94,8 @@ def search_max_pruning(
     `search_blocks=True` first chooses the residual blocks to remove (instead of `removed_blocks`)."""
     if max_map_drop < 0:
         raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
+    if search_blocks and removed_blocks:
+        raise ValueError("give removed_blocks or search_blocks=True, not both")
 
     def plan_at(ratio: float, blocks=None) -> PrunePlan:
         blocks = removed_blocks if blocks is None else blocks
@@ -99,6 +123,8 @@ def search_max_pruning(
     baseline = float(evaluate_map50(model))
     floor = baseline - max_map_drop
     log.info("auto prune: baseline mAP@0.5 %.4f, accepting >= %.4f", baseline, floor)
+    # The starting plan: no channels, and no blocks unless a fixed count was given. Without blocks it
+    # is the unpruned model, whose score is the baseline itself (no evaluation needed).
     best_plan, best_map = plan_at(0.0), baseline
     if search_blocks:
         # Integer bisection on the block count: `passing` blocks are known to pass, `failing` to fail.
@@ -116,6 +142,10 @@ def search_max_pruning(
         removed_blocks = best_plan.removed_blocks
     elif removed_blocks:
         best_map = score(best_plan)
+        record(best_plan, 0.0, best_map, best_map >= floor)
+        if best_map < floor:
+            # every channel trial removes these blocks and more: none can do better, so stop here
+            raise MapToleranceError(baseline, max_map_drop, max(trials, key=lambda t: t.map50))
     low, high = 0.0, 1.0  # low: largest fraction known to pass; high: smallest known to fail (or 1)
     for step in range(steps):
         ratio = high if step == 0 else (low + high) / 2  # try everything first: it may already pass
@@ -129,6 +159,7 @@ def search_max_pruning(
                 break
         else:
             high = ratio
+    assert best_map >= floor, f"auto prune returned mAP@0.5 {best_map} under the floor {floor}"
     return AutoPruneResult(best_plan, baseline, best_map, trials)
 
 

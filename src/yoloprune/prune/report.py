@@ -13,6 +13,8 @@ from yoloprune.prune.plan import PrunePlan, format_json
 
 log = logging.getLogger(__name__)
 
+PRUNED_FILES = ("pruned.cfg", "pruned.weights", "pruned.pt", "report.json", "channels.png")  # what write_prune_outputs writes
+
 
 def build_prune_report(model: Darknet, pruned: Darknet, plan: PrunePlan, apply_seconds: float | None = None) -> dict:
     """Per conv layer channels before/after; params and MACs (multiply-adds at plan.img_size) before/after."""
@@ -85,7 +87,7 @@ def write_prune_outputs(out_dir: str | Path, pruned: Darknet, report: dict, plan
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / name for name in ("pruned.cfg", "pruned.weights", "pruned.pt", "report.json", "channels.png")}
+    paths = {name: out_dir / name for name in PRUNED_FILES}
     save_cfg(pruned.cfg, paths["pruned.cfg"])
     save_darknet_weights(pruned, paths["pruned.weights"])
     meta = {"pruned": {k: v for k, v in report.items() if k != "layers"}}

@@ -1,6 +1,11 @@
 """One pruning run, as the `prune` command and the demo perform it:
 plan (layer blocks, then channels by ratio / threshold / budget / mAP tolerance) → plan.json →
 apply with constant folding → optional BN re-calibration → pruned.cfg/.weights/.pt, report.json, channels.png.
+
+Everything is written into a hidden folder beside the output folder, which takes the output folder's
+place only once complete (`fileio.atomic_directory`): an interrupted or failed run leaves the
+previous output folder as it was, or no output folder. Replacing removes the old folder as a whole,
+so it is only done when that folder holds nothing but a previous run's outputs.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import torch
 
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
+from yoloprune.fileio import atomic_directory
 from yoloprune.prune.apply import prune_model
 from yoloprune.prune.auto import AutoPruneResult, make_map50_evaluator, search_max_pruning
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
-from yoloprune.prune.report import write_prune_outputs
+from yoloprune.prune.report import PRUNED_FILES, write_prune_outputs
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 256
 
 AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "max_map_drop")
+
+OUTPUT_FILES = ("plan.json", *PRUNED_FILES)  # all a pruning run writes into its output folder
 
 
 @dataclass
@@ -121,10 +129,28 @@ def _make_recalibrator(settings: PruneSettings, img_size: int):
     return recalibrate
 
 
+def check_output_folder(out_dir: Path) -> None:
+    """Refuse an output folder that a run could not replace without deleting the user's own files:
+    one holding anything but the files of `OUTPUT_FILES`, or something that is not a folder."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise YoloPruneError(f"{out_dir}: the output path exists and is not a folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_FILES or not p.is_file())
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise YoloPruneError(
+            f"{out_dir}: not replacing this output folder, it holds files prune did not write ({listed}); "
+            "move them or choose another --out"
+        )
+
+
 def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, source: str | None = None) -> PruneOutcome:
-    """Plan, save the plan, apply, (re-calibrate,) and write every output into `out_dir`."""
+    """Plan, save the plan, apply, (re-calibrate,) and write every output into `out_dir`, which is
+    created, or replaced as a whole at the end (see the module docstring and `check_output_folder`)."""
     settings.validate()
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)  # now rather than after a search that can take minutes
     model = model.eval()
     img_size = settings.img_size or model.cfg.net.width
     recalibrate = _make_recalibrator(settings, img_size) if settings.calibration_images() else None
@@ -153,15 +179,21 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
     if source is not None:
         plan.settings["source"] = source
     plan_seconds = time.perf_counter() - start
-    plan_path = out_dir / "plan.json"
-    plan.save(plan_path)
-    if settings.plan_only:
-        return PruneOutcome(plan, None, {"plan.json": plan_path})
-    pruned, report = prune_model(model, plan)
-    report["plan_seconds"] = plan_seconds
-    if recalibrate is not None:
-        report["calibrated_images"] = recalibrate(pruned)
-    if auto_result is not None:
-        report["auto"] = auto_result.to_dict()
-    paths = {"plan.json": plan_path, **write_prune_outputs(out_dir, pruned, report, plan)}
+    pruned = report = None
+    # A symbolic link to a folder stays a link: the folder it points to is the one replaced.
+    with atomic_directory(out_dir.resolve() if out_dir.is_symlink() else out_dir) as staging:
+        # The plan first, as decided; if a later step fails the whole staging folder goes, and a rerun
+        # with --plan-only shows the plan.
+        plan.save(staging / "plan.json")
+        written = ["plan.json"]
+        if not settings.plan_only:
+            pruned, report = prune_model(model, plan)
+            report["plan_seconds"] = plan_seconds
+            if recalibrate is not None:
+                report["calibrated_images"] = recalibrate(pruned)
+            if auto_result is not None:
+                report["auto"] = auto_result.to_dict()
+            written += list(write_prune_outputs(staging, pruned, report, plan))
+        check_output_folder(out_dir)  # again: a file put there during the run would be deleted with the old folder
+    paths = {name: out_dir / name for name in written}
     return PruneOutcome(plan, report, paths, auto_result, pruned)
