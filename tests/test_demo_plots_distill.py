@@ -58,6 +58,30 @@ def test_quick_demo_produces_report_figures_and_bench(tmp_path, capsys):
     bench = json.loads((out / "bench.json").read_text())
     assert set(bench["models"]) == {"baseline", "pruned", "finetuned"}
     assert bench["models"]["pruned"]["gmacs"] <= bench["models"]["baseline"]["gmacs"]
+
+    # A re-run with other pruning settings reuses data, baseline and sparse model, and re-runs the
+    # pruning and the finetuning (whose input, the pruned model, changed); a re-run with the same
+    # settings re-runs nothing.
+    from yoloprune.demo import profile_with, run_demo
+    from yoloprune.stage import file_digest
+
+    def stamps(*names: str) -> dict:
+        return {name: (out / name).stat().st_mtime_ns for name in names}
+
+    upstream = ("data/synth.data", "baseline/last.pt", "sparse/last.pt")
+    kept = stamps(*upstream)
+    old_finetune = (out / "finetune/last.pt").read_bytes()
+    run_demo(out, profile_with("quick", max_map_drop=0.05))
+    assert stamps(*upstream) == kept
+    assert json.loads((out / "prune/report.json").read_text())["settings"]["max_map_drop"] == 0.05
+    assert (out / "finetune/last.pt").read_bytes() != old_finetune
+    finetune_record = json.loads((out / "finetune/stage.json").read_text())
+    assert finetune_record["inputs"]["weights"]["sha256"] == file_digest(out / "prune/pruned.pt")
+    assert finetune_record["settings"]["epochs"] == 1
+
+    kept = stamps(*upstream, "prune/pruned.pt", "finetune/last.pt")
+    run_demo(out, profile_with("quick", max_map_drop=0.05))
+    assert stamps(*upstream, "prune/pruned.pt", "finetune/last.pt") == kept
     # the finetune stage distilled from the baseline
     from yoloprune.train.trainer import read_metrics_csv
 

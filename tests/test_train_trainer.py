@@ -11,7 +11,7 @@ import torch
 from yoloprune.cli import build_parser
 from yoloprune.cli.train import build_train_config
 from yoloprune.darknet.weights import load_checkpoint
-from yoloprune.train.trainer import METRIC_COLUMNS, TrainConfig, TrainingDiverged, TrainingStopped, read_metrics_csv, train
+from yoloprune.train.trainer import METRIC_COLUMNS, TrainConfig, Trainer, TrainingDiverged, TrainingStopped, read_metrics_csv, train
 
 NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
 
@@ -68,6 +68,56 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_p
     resumed_state = load_checkpoint(resumed.last)["state_dict"]
     for name, tensor in reference_state.items():
         assert torch.allclose(resumed_state[name].float(), tensor.float(), atol=1e-5), name
+
+
+def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tmp_path):
+    """One plain-SGD step from the same state with and without the penalty: every penalised γ ends
+    lr·s·sign(γ) lower, every other parameter identical, though gradient clipping is active."""
+    from yoloprune.darknet.model import Darknet
+    from yoloprune.darknet.weights import save_checkpoint
+    from yoloprune.train.sparsity import resolve_sparsity_layers
+
+    model = Darknet(str(NANO_CFG))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(-1, 1)  # both signs, so sign(γ) matters
+    start = tmp_path / "start.pt"
+    save_checkpoint(start, model)
+    lr, s = 0.01, 0.05
+
+    def one_step(sparsity: float, out: Path) -> dict[str, torch.Tensor]:
+        # grad_clip 0.1: far below the gradient norm of a summed detection loss, so clipping is active
+        config = _config(
+            tiny_data, out, weights=start, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=lr, warmup_epochs=0.0,
+            sparsity=sparsity, sparsity_layers="safe", grad_clip=0.1, max_steps=1, eval_every=0,
+        )
+        trainer = Trainer(config)
+        assert trainer.run().stopped_early
+        return {name: p.detach().clone() for name, p in trainer.bare_model.named_parameters()}
+
+    plain, penalised = one_step(0.0, tmp_path / "plain"), one_step(s, tmp_path / "penalised")
+    chosen = set(resolve_sparsity_layers(model.cfg, "safe"))
+    initial = dict(model.named_parameters())
+    for name, value in penalised.items():
+        layer_idx = int(name.split(".")[1])
+        if name.endswith("bn.weight") and layer_idx in chosen:
+            expected = plain[name] - lr * s * torch.sign(initial[name].detach())
+            assert torch.allclose(value, expected, rtol=0, atol=1e-6), name
+        else:
+            assert torch.equal(value, plain[name]), name
+
+
+def test_best_is_saved_before_last(tiny_data, tmp_path, monkeypatch):
+    """A crash between the two writes must not lose the epoch's best model: once last.pt records the
+    epoch, a resume will not run it again."""
+    import yoloprune.train.trainer as trainer_module
+
+    written = []
+    save_checkpoint = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint", lambda path, *a, **k: (written.append(Path(path).name), save_checkpoint(path, *a, **k)))
+    train(_config(tiny_data, tmp_path / "run", epochs=1))
+    assert written == ["best.pt", "last.pt"]
 
 
 def test_callback_interruption_keeps_the_last_complete_epoch(tiny_data, tmp_path):
@@ -131,7 +181,9 @@ def test_penalised_gammas_get_their_own_scaled_learning_rate():
 
 
 def test_unknown_optimizer_is_refused(tiny_data, tmp_path):
-    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+    from yoloprune.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="optimizer: must be 'sgd' or 'adam', got 'lamb'"):
         train(_config(tiny_data, tmp_path / "run", optimizer="lamb"))
 
 

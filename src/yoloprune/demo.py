@@ -6,8 +6,10 @@
 
 Every stage writes into its own folder under `out_dir`, using the same functions as the commands
 (`yoloprune data synth`, `train`, `prune`, `bench`, `plot`), so the report can be reproduced stage by
-stage from the command line. Re-running resumes: the dataset is reused and each training resumes
-from its last.pt.
+stage from the command line. Re-running reuses what is still valid: each stage folder records its
+settings and the content digests of its inputs (`stage.json`, see `yoloprune.stage`); a stage whose
+record matches is reused (a training resumes from its last.pt), any other is emptied and re-run, and
+so is everything downstream of it, whose inputs then change.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from yoloprune.fileio import atomic_write_text
+from yoloprune.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +97,15 @@ class DemoResult:
     seconds: float
 
 
-def _stage_train(config_kwargs: dict, out: Path):
+def _stage_train(name: str, out: Path, config_kwargs: dict, inputs: dict[str, Path]):
+    """A training stage: resumed when its folder holds a run with the same settings and inputs,
+    started afresh otherwise."""
     from yoloprune.train.trainer import TrainConfig, train
 
-    config = TrainConfig(out=out, resume=(out / "last.pt").exists(), **config_kwargs)
-    return train(config)
+    stage = Stage(name, out, config_kwargs, inputs)
+    resumable = stage.prepare() and (out / "last.pt").exists()
+    stage.record()
+    return train(TrainConfig(out=out, resume=resumable, **config_kwargs))
 
 
 def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "default", device: str = "cpu", workers: int = 0) -> DemoResult:
@@ -119,18 +126,21 @@ def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "de
         stage_start = time.perf_counter()
         return lambda: stage_seconds.__setitem__(name, time.perf_counter() - stage_start)
 
-    # 1. data (reused when present)
+    # 1. data (reused when generated with the same settings; recorded once complete)
     done = timed("data")
     data_dir = out_dir / "data"
     data_path = data_dir / "synth.data"
-    if not data_path.exists():
-        log.info("[1/6] generating the synthetic dataset: %d train + %d valid images at %d px", settings.train_images, settings.val_images, settings.img_size)
-        generate_synthetic_dataset(
-            data_dir, settings.train_images, settings.val_images, settings.img_size, seed=0,
-            max_hands=settings.max_hands, min_hand_scale=settings.min_hand_scale,
-        )
-    else:
+    data_options = dict(
+        n_train=settings.train_images, n_val=settings.val_images, img_size=settings.img_size, seed=0,
+        max_hands=settings.max_hands, min_hand_scale=settings.min_hand_scale,
+    )
+    data_stage = Stage("data", data_dir, data_options)
+    if data_stage.prepare():
         log.info("[1/6] reusing the dataset in %s", data_dir)
+    else:
+        log.info("[1/6] generating the synthetic dataset: %d train + %d valid images at %d px", settings.train_images, settings.val_images, settings.img_size)
+        generate_synthetic_dataset(data_dir, **data_options)
+        data_stage.record()
     done()
 
     cfg_path = Path(settings.cfg_path) if settings.cfg_path else out_dir / "model.cfg"
@@ -144,7 +154,10 @@ def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "de
     # 2. baseline
     done = timed("baseline")
     log.info("[2/6] training the baseline (%d epochs)", settings.baseline_epochs)
-    baseline = _stage_train(dict(common, cfg=cfg_path, epochs=settings.baseline_epochs, lr=settings.lr), out_dir / "baseline")
+    data_inputs = {"data": data_stage.record_path}
+    baseline = _stage_train(
+        "baseline", out_dir / "baseline", dict(common, cfg=cfg_path, epochs=settings.baseline_epochs, lr=settings.lr), {"cfg": cfg_path, **data_inputs}
+    )
     baseline_weights = baseline.best or baseline.last
     done()
 
@@ -152,30 +165,39 @@ def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "de
     done = timed("sparse")
     log.info("[3/6] sparsity training (s=%g, %d epochs)", settings.sparsity, settings.sparse_epochs)
     sparse = _stage_train(
+        "sparse", out_dir / "sparse",
         dict(common, weights=baseline_weights, epochs=settings.sparse_epochs, lr=settings.lr, sparsity=settings.sparsity,
              sparsity_decay=settings.sparsity_decay, gamma_lr_scale=settings.gamma_lr_scale, warmup_epochs=0.0),
-        out_dir / "sparse",
+        {"weights": baseline_weights, **data_inputs},
     )
     done()
 
     # 4. prune: the largest pruning whose mAP@0.5 (no finetune) stays within the tolerance of the sparse model
     done = timed("prune")
     log.info("[4/6] pruning (full mode, mAP@0.5 tolerance %g)", settings.max_map_drop)
-    sparse_model = load_model(None, sparse.last, device)
     prune_settings = PruneSettings(
         mode="full", max_map_drop=settings.max_map_drop, round_to=settings.round_to, data=str(data_path), img_size=settings.img_size,
         auto_steps=settings.auto_steps, device=device, workers=workers, layers=settings.layers,
     )
-    outcome = run_pruning(sparse_model, prune_settings, out_dir / "prune", source=str(sparse.last))
+    prune_dir = out_dir / "prune"
+    prune_stage = Stage("prune", prune_dir, asdict(prune_settings), {"weights": sparse.last, **data_inputs})
+    if prune_stage.prepare():
+        log.info("[4/6] reusing the pruned model in %s", prune_dir)
+    else:
+        run_pruning(load_model(None, sparse.last, device), prune_settings, prune_dir, source=str(sparse.last))
+        prune_stage.record()
+    pruned_weights = prune_dir / "pruned.pt"
+    prune_report = json.loads((prune_dir / "report.json").read_text(encoding="utf-8"))
     done()
 
     # 5. finetune the pruned model, distilled from the baseline
     done = timed("finetune")
     log.info("[5/6] finetuning the pruned model (%d epochs, distilled from the baseline)", settings.finetune_epochs)
     finetune = _stage_train(
-        dict(common, weights=outcome.paths["pruned.pt"], epochs=settings.finetune_epochs, lr=settings.lr * settings.finetune_lr_ratio, warmup_epochs=0.0,
+        "finetune", out_dir / "finetune",
+        dict(common, weights=pruned_weights, epochs=settings.finetune_epochs, lr=settings.lr * settings.finetune_lr_ratio, warmup_epochs=0.0,
              teacher_weights=baseline_weights, distill_weight=settings.distill_weight),
-        out_dir / "finetune",
+        {"weights": pruned_weights, "teacher": baseline_weights, **data_inputs},
     )
     done()
 
@@ -184,7 +206,7 @@ def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "de
     log.info("[6/6] benchmarking baseline / pruned / finetuned")
     models = [
         ("baseline", load_model(None, baseline_weights)),
-        ("pruned", load_model(None, outcome.paths["pruned.pt"])),
+        ("pruned", load_model(None, pruned_weights)),
         ("finetuned", load_model(None, finetune.best or finetune.last)),
     ]
     bench = benchmark_models(models, settings.img_size, data=str(data_path), runs=settings.bench_runs, workers=workers)
@@ -199,7 +221,7 @@ def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "de
     report_md = out_dir / "report.md"
     atomic_write_text(
         report_md,
-        _report_text(settings, bench, table, outcome.report, sparse, figures, out_dir, stage_seconds, seconds),
+        _report_text(settings, bench, table, prune_report, sparse, figures, out_dir, stage_seconds, seconds),
     )
     log.info("report: %s (%.1f min)", report_md, seconds / 60)
     return DemoResult(out_dir, report_md, bench_json, figures, seconds)

@@ -46,3 +46,11 @@ class ExportError(YoloPruneError):
     def __init__(self, message: str, path: str | Path | None = None):
         self.path, self.reason = path, message
         super().__init__(_located(message, path, None))
+
+
+class SettingsError(YoloPruneError):
+    """A setting (a field of a settings dataclass, a command-line flag) with a value it cannot take."""
+
+    def __init__(self, setting: str, message: str):
+        self.setting, self.reason = setting, message
+        super().__init__(f"{setting}: {message}")

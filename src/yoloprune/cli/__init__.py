@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except YoloPruneError as error:
         print(f"yoloprune: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a read-only or full output folder, a path that is not a folder...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"yoloprune: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("yoloprune: interrupted", file=sys.stderr)
         return 130

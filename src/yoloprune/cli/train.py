@@ -13,6 +13,7 @@ SEED_DEFAULT_SPARSITY = 0.01  # the seed's `--s` default, used by a bare `-sr`
 
 # CLI dest -> TrainConfig field, where they differ.
 FIELD_FOR_DEST = {"batch": "batch_size", "no_augment": "augment", "no_tensorboard": "tensorboard"}
+FLAG_FOR_FIELD = {field: "--" + dest.replace("_", "-") for dest, field in FIELD_FOR_DEST.items()}
 
 
 def register(subparsers) -> None:
@@ -68,7 +69,7 @@ def build_train_config(given: dict):
     from pathlib import Path
 
     from yoloprune.darknet.weights import load_checkpoint
-    from yoloprune.errors import WeightsError
+    from yoloprune.errors import SettingsError, WeightsError
     from yoloprune.train.trainer import TrainConfig
 
     given = dict(given)
@@ -92,19 +93,19 @@ def build_train_config(given: dict):
         values = {**saved, **values}
     if mosaic is not None:
         values["augment_options"] = {**values.get("augment_options", {}), "mosaic": mosaic}
-    return TrainConfig.from_dict(values)
+    try:
+        return TrainConfig.from_dict(values)
+    except SettingsError as error:  # say it with the flag the user typed
+        raise SettingsError(FLAG_FOR_FIELD.get(error.setting, "--" + error.setting.replace("_", "-")), error.reason) from None
 
 
 def run_train(args: argparse.Namespace) -> int:
     import logging
 
-    from yoloprune.errors import CfgError
     from yoloprune.train.distributed import read_distributed_env, shutdown_distributed
     from yoloprune.train.trainer import train
 
     config = build_train_config(vars(args))
-    if config.img_size is not None and (config.img_size <= 0 or config.img_size % 32):
-        raise CfgError(f"--img-size must be a positive multiple of 32, got {config.img_size}")
     context = read_distributed_env()
     if not context.is_main:
         logging.getLogger("yoloprune").setLevel(logging.WARNING)

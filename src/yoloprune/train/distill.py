@@ -12,9 +12,39 @@ The term is added to the ordinary detection loss, which keeps the ground truth i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from yoloprune.darknet.cfg import DarknetCfg, YoloBlock
+from yoloprune.darknet.graph import infer_output_hw
+from yoloprune.errors import WeightsError
+
+
+def head_layout(cfg: DarknetCfg, img_size: int) -> list[tuple]:
+    """Per [yolo] layer: (anchors, grid height, grid width, outputs per anchor, the anchor sizes)."""
+    sizes = infer_output_hw(cfg, (img_size, img_size))
+    return [
+        (len(block.mask), *sizes[idx], 5 + block.classes, block.masked_anchors)
+        for idx, block in enumerate(cfg.layers)
+        if isinstance(block, YoloBlock)
+    ]
+
+
+def check_teacher_heads(teacher_cfg: DarknetCfg, student_cfg: DarknetCfg, img_size: int, teacher_path: str | Path | None = None) -> None:
+    """Refuse, before any training step, a teacher whose heads the student cannot be taught to copy."""
+    teacher_heads, student_heads = head_layout(teacher_cfg, img_size), head_layout(student_cfg, img_size)
+    if teacher_heads != student_heads:
+        def describe(layout: list[tuple]) -> str:
+            return ", ".join(f"{a}x{h}x{w}x{d} anchors {list(anchors)}" for a, h, w, d, anchors in layout)
+
+        raise WeightsError(
+            f"teacher heads [{describe(teacher_heads)}] differ from the student's [{describe(student_heads)}] at {img_size} px: "
+            "distillation needs the same [yolo] layers (anchors x grid x outputs)",
+            teacher_path,
+        )
 
 
 class OutputDistillation:

@@ -1,8 +1,9 @@
 """BN-γ L1 sparsity (network slimming) as a gradient step, its schedule, and the γ statistics logged per epoch.
 
 The penalty s·Σ|γ| over the chosen BN layers is not added to the loss: its subgradient s·sign(γ) is
-added to γ.grad after backward and before the optimizer step (after AMP unscaling), which is what
-the seed did and keeps the loss curves comparable with and without sparsity.
+added to γ.grad after backward and before the optimizer step (after AMP unscaling and after the task
+gradient is clipped, so that clipping never scales the penalty down), which is what the seed did and
+keeps the loss curves comparable with and without sparsity.
 
 Layer sets (`resolve_sparsity_layers`):
 - "all": every conv with batch normalisation;

@@ -4,8 +4,9 @@
 that add loss terms (`extra_loss_terms`) or watch progress (`callbacks`).
 
 Per step: forward (AMP autocast on CUDA only) → YOLOv3 loss (+ extra terms) → backward → AMP unscale →
-sparsity subgradient s·sign(γ) on the chosen BN layers → gradient clipping → SGD step → LR schedule
-step → EMA update. A non-finite loss stops training with `TrainingDiverged`; the checkpoints on disk
+clipping of the task gradient → sparsity subgradient s·sign(γ) on the chosen BN layers (unclipped, so
+with SGD a penalised γ moves by lr·s per step from the penalty) → optimizer step → LR schedule step →
+EMA update. A non-finite loss stops training with `TrainingDiverged`; the checkpoints on disk
 are then those of the last completed epoch.
 
 Output folder `out/`:
@@ -43,12 +44,19 @@ from torch import nn
 
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_checkpoint, load_model, load_state_dict_checked, save_checkpoint
-from yoloprune.errors import DataError, WeightsError, YoloPruneError
+from yoloprune.errors import DataError, SettingsError, WeightsError, YoloPruneError
 from yoloprune.fileio import atomic_write_text
 from yoloprune.train import distributed
 from yoloprune.train.ema import ModelEMA
 from yoloprune.train.loss import LossWeights, YoloLoss
-from yoloprune.train.sparsity import apply_bn_sparsity, collect_gammas, resolve_sparsity_layers, sparsity_at_epoch, summarize_gammas
+from yoloprune.train.sparsity import (
+    SPARSITY_LAYER_SETS,
+    apply_bn_sparsity,
+    collect_gammas,
+    resolve_sparsity_layers,
+    sparsity_at_epoch,
+    summarize_gammas,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +143,34 @@ class TrainConfig:
     progress: bool = True
     max_steps: int | None = None  # stop (like an interruption) after this many steps in this invocation
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SettingsError naming the first setting whose value cannot work."""
+        from yoloprune.data.dataset import STRIDE
+
+        def require(ok: bool, setting: str, expected: str) -> None:
+            if not ok:
+                raise SettingsError(setting, f"must be {expected}, got {getattr(self, setting)!r}")
+
+        for name in ("epochs", "batch_size"):
+            require(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a whole number >= 1")
+        require(self.img_size is None or (_is_int(self.img_size) and self.img_size > 0 and self.img_size % STRIDE == 0), "img_size", f"a positive multiple of {STRIDE}")
+        require(self.lr > 0, "lr", "> 0")
+        require(self.gamma_lr_scale > 0, "gamma_lr_scale", "> 0")
+        require(0 <= self.lr_final_ratio <= 1, "lr_final_ratio", "in [0, 1]")
+        require(0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        for name in ("weight_decay", "warmup_epochs", "sparsity", "sparsity_decay_factor", "grad_clip", "distill_weight"):
+            require(getattr(self, name) >= 0, name, ">= 0")
+        require(self.sparsity_decay is None or 0 <= self.sparsity_decay <= 1, "sparsity_decay", "a fraction of the epochs in [0, 1]")
+        require(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
+        require(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(repr(name) for name in OPTIMIZERS))
+        for name in ("workers", "eval_every"):
+            require(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "a whole number >= 0")
+        require(self.max_steps is None or (_is_int(self.max_steps) and self.max_steps >= 1), "max_steps", "a whole number >= 1")
+        require(not isinstance(self.sparsity_layers, str) or self.sparsity_layers in SPARSITY_LAYER_SETS, "sparsity_layers", f"one of {SPARSITY_LAYER_SETS} or a list of layers")
+
     def to_dict(self) -> dict:
         """Plain data for the checkpoint's meta (paths as strings)."""
         return {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self).items()}
@@ -143,6 +179,19 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+OPTIMIZERS = ("sgd", "adam")
+# Settings that may differ when a run is resumed: how long it runs, where and how it reports. Any
+# other change (the penalty, the learning rates, the data, the model) would make the resumed run a
+# different experiment than the one its checkpoint and metrics.csv describe.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "resume", "device", "workers", "eval_every", "progress", "tensorboard", "max_steps", "skip_bad", "conf_thres", "iou_thres"}
+)
 
 
 @dataclass
@@ -188,16 +237,16 @@ def build_param_groups(model: nn.Module, weight_decay: float, lr: float, scaled:
 
 
 def build_optimizer(name: str, param_groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (the YOLOv3 recipe) or AdamW with β1 = momentum.
+    """SGD with Nesterov momentum (the YOLOv3 recipe; plain SGD at momentum 0) or AdamW with β1 = momentum.
 
     The sparsity penalty is added to γ.grad before the step, so with AdamW the penalty is normalised
     like any gradient: every γ whose task gradient is small moves towards 0 at about lr per step.
     """
     if name == "sgd":
-        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=True)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adam":
         return torch.optim.AdamW(param_groups, lr=lr, betas=(momentum, 0.999))
-    raise ValueError(f"unknown optimizer {name!r}: expected 'sgd' or 'adam'")
+    raise SettingsError("optimizer", f"unknown optimizer {name!r}: expected 'sgd' or 'adam'")
 
 
 def lr_factor_at(step: int, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
@@ -353,6 +402,7 @@ class Trainer:
         seed_everything(config.seed + self.context.rank)
         resume_state = self._load_resume_state() if config.resume else None
         if resume_state is not None:
+            self._check_resumed_settings(resume_state)
             self.model = load_model(None, self.last_path, device="cpu")
             if "train_state_dict" in resume_state:
                 load_state_dict_checked(self.model, resume_state["train_state_dict"], self.last_path)
@@ -364,9 +414,10 @@ class Trainer:
         self.img_size = config.img_size or self.bare_model.cfg.net.width
         self.sparsity_layers = resolve_sparsity_layers(self.bare_model.cfg, config.sparsity_layers)
         if config.teacher_weights is not None:
-            from yoloprune.train.distill import OutputDistillation
+            from yoloprune.train.distill import OutputDistillation, check_teacher_heads
 
             teacher = load_model(config.teacher_cfg, config.teacher_weights, device=self.device)
+            check_teacher_heads(teacher.cfg, self.bare_model.cfg, self.img_size, config.teacher_weights)
             self.extra_loss_terms.append(OutputDistillation(teacher, config.distill_weight))
         self.loss_fn = YoloLoss.for_model(self.bare_model, weights=LossWeights(**config.loss_weights), **config.loss_options)
         self._build_loaders()
@@ -399,6 +450,23 @@ class Trainer:
         if not self.last_path.exists():
             raise WeightsError("--resume: no last.pt to resume from", self.last_path)
         return load_checkpoint(self.last_path)
+
+    def _check_resumed_settings(self, state: dict) -> None:
+        """Refuse to resume with settings that would make it another run than the one in last.pt
+        (a changed penalty or learning rate would also rebuild the optimizer's parameter groups)."""
+        from yoloprune.stage import settings_changes
+
+        saved = (state.get("meta") or {}).get("train_config")
+        if saved is None:
+            return
+        # Settings the saved run does not know (added to TrainConfig since) cannot have changed.
+        current = {key: value for key, value in self.config.to_dict().items() if key in saved and key not in RESUMABLE_CHANGES}
+        changes = settings_changes({key: saved[key] for key in current}, current)
+        if changes:
+            raise YoloPruneError(
+                f"{self.last_path}: cannot resume with other settings than the saved run's ({'; '.join(changes)}): "
+                "resume without changing them, or train into a new output folder"
+            )
 
     def _restore(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -538,9 +606,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            apply_bn_sparsity(self.bare_model, s, self.sparsity_layers)
             if config.grad_clip > 0:
+                # Clip the task gradient only. The loss is a sum over the batch, so clipping is active
+                # on most steps; applied after the penalty it would scale s down with it.
                 nn.utils.clip_grad_norm_(self.bare_model.parameters(), config.grad_clip)
+            apply_bn_sparsity(self.bare_model, s, self.sparsity_layers)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -617,9 +687,11 @@ class Trainer:
             improved = row.get("map50") is not None and (self.best_map50 is None or row["map50"] > self.best_map50)
             if improved:
                 self.best_map50 = row["map50"]
-            self._save(self.last_path)
+            # best.pt first: once last.pt says this epoch is done, a resume skips it, so a crash
+            # between the two writes must not lose the epoch's best model.
             if improved:
                 self._save(self.best_path)
+            self._save(self.last_path)
             write_metrics_csv(self.metrics_path, self.history)
             self._log_tensorboard(row)
             evaluated = f", mAP@0.5 {row['map50']:.4f}, mAP {row['map']:.4f}" if row.get("map50") is not None else ""
