@@ -2,6 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The PyTorch build to install, first and on its own: which wheel a plain `pip install torch==X` gets
+# depends on the machine (on Linux the public index serves the multi-GB CUDA build). Choose with
+#   make demo TORCH_SPEC=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cpu   # CPU-only
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cu126                          # a CUDA build
+# or the same names as environment variables. Empty TORCH_INDEX: pip's configured index.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+TORCH_INDEX_FLAG := $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX),)
+# One stamp per torch choice, so that another TORCH_SPEC / TORCH_INDEX reinstalls torch.
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC) $(TORCH_INDEX)' | cksum | cut -d' ' -f1)
 # The stamp depends on pyproject.toml, so a changed dependency list reinstalls; otherwise this is instant.
 STAMP := $(VENV)/.installed
 
@@ -9,10 +19,12 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(TORCH_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first and pinned: the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(TORCH_INDEX_FLAG) "$(TORCH_SPEC)"
+	rm -f $(VENV)/.torch-* && touch $@
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
