@@ -38,3 +38,13 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_written_files_get_the_mode_of_any_new_file(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        fileio.atomic_write_text(tmp_path / "report.md", "# report\n")
+        (tmp_path / "plain.md").write_text("# report\n")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777 == 0o644
