@@ -91,25 +91,24 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         fsync_directory(tmp)
-        if os.path.lexists(path):
-            # A rename cannot replace a non-empty folder, so the old one is renamed aside first, the new
-            # one renamed in, and only then is the old one deleted: a crash at any point leaves a complete
-            # folder (the old one, at worst under its hidden `.old-` name), never a half-deleted one.
-            old = path.parent / f".{path.name}.old-{token}"
+        # A rename cannot replace a non-empty folder, so an old one is renamed aside first, the new one
+        # renamed in, and only then is the old one deleted: a crash at any point leaves a complete
+        # folder (the old one, at worst under its hidden `.old-` name), never a half-deleted one.
+        old = path.parent / f".{path.name}.old-{token}" if os.path.lexists(path) else None
+        if old is not None:
             os.rename(path, old)
-            try:
-                os.rename(tmp, path)
-            except BaseException:
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
                 os.rename(old, path)
-                raise
-            fsync_directory(path.parent)
+            raise
+        fsync_directory(path.parent)
+        if old is not None:
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             else:
                 old.unlink()
-        else:
-            os.rename(tmp, path)
-            fsync_directory(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
