@@ -26,7 +26,8 @@ from yoloprune.bench.profile import count_forward_macs, time_interleaved, torch_
 from yoloprune.darknet.model import count_parameters
 from yoloprune.darknet.weights import load_model
 from yoloprune.errors import YoloPruneError
-from yoloprune.eval.evaluate import evaluate_model
+from yoloprune.eval.settings import EvalSettings
+from yoloprune.eval.validator import Validator, image_loader
 from yoloprune.fileio import atomic_write_text
 from yoloprune.prune import plan_channel_prune, plan_layer_prune, prune_model
 from yoloprune.prune.calibrate import recalibrate_batchnorm
@@ -96,7 +97,7 @@ def candidates_at(model, target: float, img_size: int, layers: int, round_to: in
         if plan.macs_after / plan.macs_before > target * 1.01:
             log.info("%s cannot reach MACs %g (at most x%.3f): skipped", name, target, plan.macs_after / plan.macs_before)
             continue
-        pruned = prune_model(model, plan)[0]
+        pruned = prune_model(model, plan)
         yield name, pruned
         if name == "yoloprune full" and calibrate is not None:
             calibrated = copy.deepcopy(pruned)
@@ -146,16 +147,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from yoloprune.data.dataset import create_dataloader
-    from yoloprune.data.spec import load_data_spec
-
     model = load_model(None, args.weights).eval()
     img_size = args.img_size or model.cfg.net.width
-    spec = load_data_spec(args.data)
-    batches = list(create_dataloader(spec.valid, img_size, 16, num_classes=spec.classes, augment=False))
+    validator = Validator(EvalSettings(data=args.data, img_size=img_size, batch=16, device="cpu"), progress=False)
     calibrate = None
     if args.calibrate:
-        loader = create_dataloader(spec.train, img_size, 16, augment=False, shuffle=True, seed=0)
+        loader = image_loader(validator.spec, "train", img_size, 16, shuffle=True)
         train_batches = list(itertools.islice(loader, -(-args.calibrate // 16)))
         calibrate = lambda m: recalibrate_batchnorm(m, train_batches, args.calibrate)  # noqa: E731
 
@@ -170,7 +167,7 @@ def main(argv=None) -> int:
     base_params, base_macs = count_parameters(model), count_forward_macs(model, img_size)
     rows = []
     for (name, target), pruned in models.items():
-        metrics = evaluate_model(pruned, batches, progress=False)
+        metrics = validator(pruned)
         rows.append(dict(
             name=name, target=target, params_ratio=count_parameters(pruned) / base_params,
             macs_ratio=count_forward_macs(pruned, img_size) / base_macs, latency_ratio=median[(name, target)] / median[base_key],

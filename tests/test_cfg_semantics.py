@@ -5,8 +5,7 @@ independent oracle for the forward pass; pruning must handle them like any other
 import numpy as np
 import torch
 
-from conftest import cfg_text, conv, random_darknet
-from test_opencv_oracle import opencv_head_outputs
+from helpers import cfg_text, conv, opencv_head_outputs, random_darknet
 from yoloprune.bench.profile import count_forward_macs
 from yoloprune.darknet.cfg import parse_cfg
 from yoloprune.darknet.graph import analyze_graph, count_cfg_macs, residual_blocks
@@ -81,7 +80,7 @@ def test_pruning_zeroed_channels_is_exact_and_the_result_loads_in_opencv(tmp_pat
             model.layers[idx].bn.weight[channels] = 0
     plan = plan_channel_prune(model, "full", threshold=1e-12)
     assert {idx: sorted(set(range(8)) - set(plan.kept_channels[idx])) for idx in zeroed} == zeroed
-    pruned, _ = prune_model(model, plan)
+    pruned = prune_model(model, plan)
     assert [pruned.cfg.layers[i] for i in (2, 4, 5)] == [model.cfg.layers[i] for i in (2, 4, 5)]
     assert [pruned.cfg.layers[i].filters for i in (0, 1, 3)] == [6, 5, 6]
     for original, compact, masked in zip(heads(model), heads(pruned), heads(mask_model(model, plan))):

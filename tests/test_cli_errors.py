@@ -12,7 +12,8 @@ from yoloprune.cli import main
 from yoloprune.darknet.builder import build_yolov3_cfg_text
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import save_checkpoint
-from yoloprune.train.trainer import TrainConfig, train
+from yoloprune.train.settings import TrainSettings
+from yoloprune.train.trainer import train
 
 NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
 
@@ -25,7 +26,7 @@ def workspace(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("workspace")
     data = generate_synthetic_dataset(root / "data", n_train=4, n_val=2, img_size=64, progress=False)
-    train(TrainConfig(
+    train(TrainSettings(
         data=data, cfg=NANO_CFG, out=root / "run", epochs=1, batch_size=4, img_size=64, augment=False, progress=False,
         tensorboard=False, sparsity=0.001, eval_every=0,
     ))

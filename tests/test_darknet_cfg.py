@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, FIXTURES, REFERENCE_CFGS, randomize_bn
+from helpers import CONFIGS, FIXTURES, REFERENCE_CFGS, randomize_bn
 from yoloprune.cli import main
 from yoloprune.darknet.builder import build_yolov3_cfg_text
 from yoloprune.darknet.cfg import ConvBlock, MaxpoolBlock, RouteBlock, YoloBlock, load_cfg, parse_cfg, write_cfg

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import CONFIGS, FIXTURES, REFERENCE_CFGS, randomize_bn
+from helpers import CONFIGS, FIXTURES, REFERENCE_CFGS, randomize_bn
 from yoloprune.bench.profile import profile_model
 from yoloprune.cli import main
 from yoloprune.darknet.cfg import RouteBlock, ShortcutBlock, load_cfg, parse_cfg

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, FIXTURES, randomize_bn
+from helpers import CONFIGS, FIXTURES, NANO, assert_same_state, random_model
 from yoloprune.darknet.model import ConvLayer, Darknet
 from yoloprune.darknet.weights import (
     DarknetHeader,
@@ -18,26 +18,6 @@ from yoloprune.darknet.weights import (
     save_darknet_weights,
 )
 from yoloprune.errors import WeightsError
-
-NANO = str(CONFIGS / "yolov3-hand-nano.cfg")
-
-
-def random_model(cfg: str = NANO, seed: int = 0) -> Darknet:
-    torch.manual_seed(seed)
-    model = Darknet(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return randomize_bn(model, seed)
-
-
-def assert_same_state(a: Darknet, b: Darknet) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        if sa[key].is_floating_point():
-            assert torch.equal(sa[key], sb[key]), key
-
 
 @pytest.mark.parametrize("cfg", [NANO, str(FIXTURES / "yolov3-tiny.cfg")])
 def test_weights_round_trip_is_bit_exact(tmp_path, cfg):

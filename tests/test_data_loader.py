@@ -12,7 +12,7 @@ import torch
 
 from yoloprune.data.dataset import YoloDataset, create_dataloader, multi_scale_sizes
 from yoloprune.data.transforms import letterbox, unletterbox_boxes_xyxy
-from yoloprune.errors import DataError
+from yoloprune.errors import DataError, SettingsError
 
 IMAGE_SHAPES = [(64, 96), (96, 64), (80, 80), (48, 128)]  # (height, width), deliberately not square
 
@@ -155,7 +155,7 @@ def test_unknown_augmentation_option(list_file):
 
 
 def test_img_size_must_be_a_multiple_of_32(list_file):
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(SettingsError, match="img_size: must be a positive multiple of 32, got 100"):
         create_dataloader(list_file, 100, batch_size=2)
 
 

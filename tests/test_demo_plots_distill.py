@@ -3,12 +3,12 @@ import copy
 import pytest
 import torch
 
-from conftest import CONFIGS, randomize_bn
-from yoloprune.bench.plots import plot_run
+from helpers import CONFIGS, randomize_bn, sparse_nano
 from yoloprune.cli import main
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
 from yoloprune.train.distill import OutputDistillation
+from yoloprune.viz import plot_run
 
 
 def test_distillation_term_is_zero_box_error_for_an_identical_student_and_trains_only_the_student():
@@ -43,6 +43,20 @@ def test_plot_needs_a_run_directory(tmp_path):
         plot_run(tmp_path)
 
 
+def test_plot_draws_the_channels_of_a_prune_report_and_refuses_a_broken_one(tmp_path):
+    from yoloprune.prune import build_prune_report, plan_channel_prune, prune_model
+
+    model = sparse_nano()
+    plan = plan_channel_prune(model, "full", ratio=0.5)
+    report = build_prune_report(model, prune_model(model, plan), plan)
+    (tmp_path / "report.json").write_text(report.to_json() + "\n")
+    assert plot_run(tmp_path, tmp_path / "figures") == [tmp_path / "figures" / "channels.png"]
+    assert (tmp_path / "figures" / "channels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "report.json").write_text('{"mode": "full",\n')
+    with pytest.raises(YoloPruneError, match="report.json:2: not valid JSON"):
+        plot_run(tmp_path)
+
+
 @pytest.mark.slow
 def test_quick_demo_produces_report_figures_and_bench(tmp_path, capsys):
     out = tmp_path / "demo"
@@ -62,7 +76,9 @@ def test_quick_demo_produces_report_figures_and_bench(tmp_path, capsys):
     # A re-run with other pruning settings reuses data, baseline and sparse model, and re-runs the
     # pruning and the finetuning (whose input, the pruned model, changed); a re-run with the same
     # settings re-runs nothing.
-    from yoloprune.demo import profile_with, run_demo
+    from dataclasses import replace
+
+    from yoloprune.demo import PROFILES, run_demo
     from yoloprune.stage import file_digest
 
     def stamps(*names: str) -> dict:
@@ -71,7 +87,7 @@ def test_quick_demo_produces_report_figures_and_bench(tmp_path, capsys):
     upstream = ("data/synth.data", "baseline/last.pt", "sparse/last.pt")
     kept = stamps(*upstream)
     old_finetune = (out / "finetune/last.pt").read_bytes()
-    run_demo(out, profile_with("quick", max_map_drop=0.05))
+    run_demo(out, replace(PROFILES["quick"], max_map_drop=0.05))
     assert stamps(*upstream) == kept
     assert json.loads((out / "prune/report.json").read_text())["settings"]["max_map_drop"] == 0.05
     assert (out / "finetune/last.pt").read_bytes() != old_finetune
@@ -80,10 +96,10 @@ def test_quick_demo_produces_report_figures_and_bench(tmp_path, capsys):
     assert finetune_record["settings"]["epochs"] == 1
 
     kept = stamps(*upstream, "prune/pruned.pt", "finetune/last.pt")
-    run_demo(out, profile_with("quick", max_map_drop=0.05))
+    run_demo(out, replace(PROFILES["quick"], max_map_drop=0.05))
     assert stamps(*upstream, "prune/pruned.pt", "finetune/last.pt") == kept
     # the finetune stage distilled from the baseline
-    from yoloprune.train.trainer import read_metrics_csv
+    from yoloprune.train.metrics import read_metrics_csv
 
     rows = read_metrics_csv(out / "finetune" / "metrics.csv")
     assert rows and any(key.startswith("loss") for key in rows[-1])

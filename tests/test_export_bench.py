@@ -5,17 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS
-from test_darknet_weights import assert_same_state, random_model
+from helpers import CONFIGS, NANO, assert_same_state, random_model
 from yoloprune.bench.benchmark import ModelSpec
 from yoloprune.cli import main
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, save_checkpoint
 from yoloprune.errors import YoloPruneError
 from yoloprune.export.onnx import create_ort_session, export_onnx
-
-NANO = str(CONFIGS / "yolov3-hand-nano.cfg")
-
 
 def test_onnx_export_parity_with_dynamic_batch(tmp_path):
     model = random_model(NANO).eval()

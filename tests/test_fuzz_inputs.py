@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 from yoloprune.darknet.cfg import load_cfg
 from yoloprune.darknet.model import Darknet, infer_channels
 from yoloprune.darknet.weights import load_checkpoint, load_darknet_weights, save_darknet_weights

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import CONFIGS, FIXTURES, GROUPED_ROUTE, cfg_text, conv
+from helpers import CONFIGS, FIXTURES, GROUPED_ROUTE, cfg_text, conv
 from yoloprune.darknet.builder import build_yolov3_cfg_text
 from yoloprune.darknet.cfg import ConvBlock, ShortcutBlock, load_cfg, parse_cfg
 from yoloprune.darknet.graph import (
@@ -17,7 +17,7 @@ from yoloprune.darknet.graph import (
     safe_prunable_conv_indices,
 )
 from yoloprune.darknet.model import Darknet, count_parameters
-from yoloprune.prune.apply import build_pruned_cfg
+from yoloprune.darknet.edit import build_pruned_cfg
 
 ALL_CFGS = [FIXTURES / f"{name}.cfg" for name in ("yolov3", "yolov3-tiny", "yolov3-spp", "yolov3-hand", "prune_yolov3-hand")] + [
     CONFIGS / "yolov3-hand-nano.cfg",

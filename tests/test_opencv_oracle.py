@@ -1,21 +1,12 @@
 """OpenCV's darknet importer as an independent oracle for the cfg reader, the model and the .weights writer."""
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, FIXTURES
-from test_darknet_weights import random_model
+from helpers import CONFIGS, FIXTURES, opencv_head_outputs, random_model
 from yoloprune.darknet.cfg import ConvBlock, load_cfg, write_cfg
 from yoloprune.darknet.weights import save_darknet_weights
-
-
-def opencv_head_outputs(cfg_path, weights_path, x: torch.Tensor, head_conv_indices):
-    net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
-    net.setInput(x.numpy())
-    # OpenCV names a darknet conv layer's convolution "conv_<layer index>"; the head convs have no BN.
-    return net.forward([f"conv_{i}" for i in head_conv_indices])
 
 
 @pytest.mark.parametrize("cfg_path, size", [(FIXTURES / "yolov3-tiny.cfg", 416), (CONFIGS / "yolov3-hand-nano.cfg", 128)])

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import pytest
 
-from test_prune_exact import sparse_nano
+from helpers import sparse_nano
 from yoloprune.cli import main
 from yoloprune.darknet.graph import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
@@ -49,18 +49,20 @@ class ScriptedMap:
         return max(self.calls[1:], key=lambda call: call.map50)
 
 
-def assert_names_the_closest_trial(message: str, closest: Evaluation) -> None:
+def assert_names_the_closest_trial(message: str, closest: Evaluation, settings=("`layers`", "`max_map_drop`")) -> None:
+    """One line with the closest trial's score, MACs and blocks, naming the two settings to change
+    (as fields from the library, as flags from the command line)."""
     assert "\n" not in message
     assert f"{closest.map50:.4f}" in message and f"x{closest.macs_ratio:.3f}" in message
     assert f"{closest.blocks} residual blocks" in message
-    assert "--layers" in message and "--max-map-drop" in message
+    assert all(name in message for name in settings)
 
 
 def test_fixed_blocks_that_alone_fall_below_the_floor_stop_with_the_closest_trial():
     model = sparse_nano()
     scripted = ScriptedMap(model)
     with pytest.raises(YoloPruneError) as caught:
-        search_max_pruning(model, scripted, max_map_drop=0.15, removed_blocks=plan_layer_prune(model, 2), steps=4)
+        search_max_pruning(model, scripted, max_map_drop=0.15, apply=prune_model, removed_blocks=plan_layer_prune(model, 2), steps=4)
     closest = scripted.closest_trial()
     assert closest.blocks == 2 and closest.map50 < 1 - 0.15  # two blocks cost 0.2: the floor is out of reach
     message = str(caught.value)
@@ -73,13 +75,13 @@ def test_when_no_channel_trial_passes_the_blocks_only_plan_is_returned():
     scripted = ScriptedMap(model)
     blocks = plan_layer_prune(model, 1)
     # one block costs 0.1 of the 0.12 allowed; removing even a quarter of the channels costs far more
-    result = search_max_pruning(model, scripted, max_map_drop=0.12, removed_blocks=blocks, steps=3)
+    result = search_max_pruning(model, scripted, max_map_drop=0.12, apply=prune_model, removed_blocks=blocks, steps=3)
     blocks_only = scripted.calls[1]
     assert blocks_only.blocks == 1 and blocks_only.macs_ratio < 1
     assert [(t.blocks, t.ratio, t.accepted) for t in result.trials] == [(1, 0.0, True), (1, 1.0, False), (1, 0.5, False), (1, 0.25, False)]
     assert result.plan.removed_blocks == blocks and not result.plan.kept_channels
     assert result.map50_after == blocks_only.map50 >= 1 - 0.12
-    assert ScriptedMap(model)(prune_model(model, result.plan)[0]) == blocks_only.map50
+    assert ScriptedMap(model)(prune_model(model, result.plan)) == blocks_only.map50
 
 
 def test_every_result_is_within_the_tolerance_and_prunes_more_as_it_grows():
@@ -90,13 +92,15 @@ def test_every_result_is_within_the_tolerance_and_prunes_more_as_it_grows():
             scripted = ScriptedMap(model)
             fixed_blocks = [] if layers == "auto" else plan_layer_prune(model, layers)
             try:
-                result = search_max_pruning(model, scripted, drop, removed_blocks=fixed_blocks, search_blocks=layers == "auto", steps=4)
+                result = search_max_pruning(
+                    model, scripted, drop, apply=prune_model, removed_blocks=fixed_blocks, search_blocks=layers == "auto", steps=4
+                )
             except YoloPruneError:
                 assert scripted.closest_trial().map50 < 1 - drop
                 refused.append(drop)
                 continue
             check = ScriptedMap(model)
-            assert check(prune_model(model, result.plan)[0]) == result.map50_after >= 1 - drop
+            assert check(prune_model(model, result.plan)) == result.map50_after >= 1 - drop
             # every evaluation after the baseline is a recorded trial; the unpruned model is evaluated once
             assert len(scripted.calls) == 1 + len(result.trials)
             assert [call.macs_ratio for call in scripted.calls].count(1.0) == 1
@@ -125,5 +129,5 @@ def test_cli_stops_with_one_line_naming_the_closest_map_and_writes_nothing(tmp_p
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("yoloprune: error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err
-    assert_names_the_closest_trial(errors[0], scripted.closest_trial())
+    assert_names_the_closest_trial(errors[0], scripted.closest_trial(), settings=("--layers", "--max-map-drop"))
     assert not out.exists() and not list(tmp_path.rglob("pruned.*"))

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, FIXTURES
-from test_opencv_oracle import opencv_head_outputs
-from test_prune_exact import heads, max_diff, sparse_nano
+from helpers import CONFIGS, FIXTURES, heads, max_diff, opencv_head_outputs, sparse_nano
 from yoloprune.cli import main
 from yoloprune.darknet.cfg import load_cfg
 from yoloprune.darknet.graph import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
-from yoloprune.prune.auto import make_map50_evaluator
+from yoloprune.prune.run import make_map50_evaluator
 from yoloprune.prune.plan import PrunePlan
+from yoloprune.prune.report import PruneReport
 
 OUTPUTS = ("plan.json", "pruned.cfg", "pruned.weights", "pruned.pt", "report.json", "channels.png")
 
@@ -40,6 +39,8 @@ def test_prune_cli_on_a_checkpoint(tmp_path, capsys):
     assert all((out / name).is_file() for name in OUTPUTS)
     report = json.loads((out / "report.json").read_text())
     assert abs(report["macs_ratio"] / 0.5 - 1) <= 0.01
+    # the report object reads back to the same file, key order and layout included
+    assert PruneReport.load(out / "report.json").to_json() + "\n" == (out / "report.json").read_text()
     assert len(report["removed_blocks"]) == 3
     plan = PrunePlan.load(out / "plan.json")
     # the .pt and the darknet pair hold the same network, which is the plan applied to the model
@@ -47,7 +48,7 @@ def test_prune_cli_on_a_checkpoint(tmp_path, capsys):
     from_darknet = load_model(out / "pruned.cfg", out / "pruned.weights").eval()
     from yoloprune.prune.apply import prune_model
 
-    expected, _ = prune_model(model, plan)
+    expected = prune_model(model, plan)
     x = torch.rand(1, 3, 64, 64)
     assert max_diff(heads(from_pt, x), heads(expected, x)) == 0
     assert max_diff(heads(from_darknet, x), heads(expected, x)) == 0
@@ -68,15 +69,16 @@ def test_plan_only_writes_just_the_plan(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "say how much to prune"),
-        (["--ratio", "1.5"], "--ratio"),
-        (["--target-flops", "0"], "--target-flops"),
-        (["--ratio", "0.5", "--calibrate", "10"], "--calibrate needs --data"),
-        (["--max-map-drop", "0.01"], "--data"),
+        ([], "--ratio: say how much to prune: one of --ratio"),
+        (["--ratio", "1.5"], "--ratio: must be in [0, 1], got 1.5"),
+        (["--target-flops", "0"], "--target-flops: must be in (0, 1], got 0.0"),
+        (["--ratio", "0.5", "--calibrate", "10"], "--calibrate: must be 0 without --data"),
+        (["--max-map-drop", "0.01"], "--max-map-drop: must be given with --data"),
         (["--ratio", "0.5", "--min-keep", "2.5"], "--min-keep"),
         (["--layers", "99"], "removable"),
-        (["--ratio", "0.5", "--img-size", "100"], "--img-size"),
-        (["--ratio", "0.5", "--layers", "auto"], "--layers auto needs --max-map-drop"),
+        (["--ratio", "0.5", "--img-size", "100"], "--img-size: must be a positive multiple of 32, got 100"),
+        (["--ratio", "0.5", "--layers", "auto"], "--layers: must be a count unless --max-map-drop is given"),
+        (["--ratio", "0.5", "--threshold", "0.1"], "--threshold: give one of --ratio, --threshold"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
@@ -167,7 +169,7 @@ def test_an_interrupted_prune_leaves_the_previous_output_folder_untouched(tmp_pa
     def interrupt(*args, **kwargs):  # Ctrl-C while the last file is written, the others being done
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("yoloprune.prune.report.plot_channels", interrupt)
+    monkeypatch.setattr("yoloprune.prune.run.plot_channels", interrupt)
     assert main([*args, "--ratio", "0.6"]) == 130
     assert folder_bytes(out) == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == entries  # no staging folder left behind

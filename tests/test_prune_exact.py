@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from conftest import CONFIGS, cfg_text, conv, random_darknet, randomize_bn
+from helpers import cfg_text, conv, heads, max_diff, random_darknet, sparse_nano
 from yoloprune.darknet.cfg import ConvBlock
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.apply import build_compact_model, mask_model, prune_model
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.layer import plan_layer_prune
+from yoloprune.prune.report import build_prune_report
 
 
 def build(*sections: str) -> Darknet:
@@ -26,20 +27,6 @@ def zero_gammas(model: Darknet, channels_by_layer: dict[int, list[int]]) -> int:
 def prune_the_zeros(model: Darknet, mode: str):
     """A plan removing exactly the candidate channels whose importance is 0."""
     return plan_channel_prune(model, mode, threshold=1e-12)
-
-
-def heads(model: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return model.forward_heads(x)
-
-
-def max_diff(a: list[torch.Tensor], b: list[torch.Tensor], border: int = 0) -> float:
-    diffs = []
-    for ha, hb in zip(a, b):
-        if border:
-            ha, hb = ha[:, :, border:-border, border:-border], hb[:, :, border:-border, border:-border]
-        diffs.append((ha - hb).abs().max().item())
-    return max(diffs)
 
 
 X = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -74,8 +61,9 @@ def test_zero_gamma_channels_prune_exactly_before_1x1_consumers(case):
     zeroed = zero_gammas(model, zeroed_channels)
     plan = prune_the_zeros(model, mode)
     assert plan.pruned_channel_count == zeroed
-    pruned, report = prune_model(model, plan)
-    assert report["params_after"] < report["params_before"]
+    pruned = prune_model(model, plan)
+    report = build_prune_report(model, pruned, plan)
+    assert report.params_after < report.params_before
     for idx, channels in zeroed_channels.items():
         assert not set(channels) & set(plan.kept_channels[idx])
     assert max_diff(heads(model, X), heads(pruned, X)) <= 1e-4
@@ -85,24 +73,10 @@ def test_3x3_consumer_is_exact_on_interior_pixels():
     model = build(conv(8, 3), conv(8, 3), conv(6))
     zero_gammas(model, {0: [0, 3, 4]})
     plan = prune_the_zeros(model, "safe")
-    pruned, _ = prune_model(model, plan)
+    pruned = prune_model(model, plan)
     original, compact = heads(model, X), heads(pruned, X)
     assert max_diff(original, compact, border=1) <= 1e-4
     assert max_diff(original, compact) > 1e-3  # the zero-padded border is where folding cannot be exact
-
-
-def sparse_nano(seed: int = 0) -> Darknet:
-    torch.manual_seed(seed)
-    model = Darknet(str(CONFIGS / "yolov3-hand-nano.cfg"))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    randomize_bn(model, seed)
-    with torch.no_grad():
-        for layer in model.layers:
-            if getattr(layer, "bn", None) is not None:
-                layer.bn.weight.mul_((torch.rand(layer.bn.weight.shape) < 0.5).float() * 0.99 + 0.01)
-    return model.eval()
 
 
 @pytest.mark.parametrize(
@@ -140,9 +114,9 @@ def test_removing_a_block_with_constant_branch_is_exact():
     blocks = plan_layer_prune(model, 1)
     assert [b.layers for b in blocks] == [(4, 5, 6)]
     plan = plan_channel_prune(model, "full", removed_blocks=blocks)
-    pruned, report = prune_model(model, plan)
+    pruned = prune_model(model, plan)
     assert len(pruned.cfg.layers) == len(model.cfg.layers) - 3
-    assert report["removed_blocks"] == [[4, 5, 6]]
+    assert build_prune_report(model, pruned, plan).removed_blocks == [[4, 5, 6]]
     assert max_diff(heads(model, X), heads(pruned, X), border=1) <= 1e-4
 
 
@@ -154,7 +128,7 @@ def test_removing_blocks_and_channels_together_matches_masked_on_a_chain():
         model.layers[5].bn.weight.zero_()
     blocks = plan_layer_prune(model, 1)
     plan = plan_channel_prune(model, "full", ratio=0.1, removed_blocks=blocks)
-    pruned, _ = prune_model(model, plan)
+    pruned = prune_model(model, plan)
     assert max_diff(heads(mask_model(model, plan), X), heads(pruned, X)) <= 1e-4
     assert max_diff(heads(model, X), heads(pruned, X), border=1) <= 1e-4
 

@@ -20,10 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CONFIGS, FIXTURES
-from test_darknet_weights import random_model
-from test_opencv_oracle import opencv_head_outputs
-from test_prune_exact import sparse_nano
+from helpers import CONFIGS, FIXTURES, opencv_head_outputs, random_model, sparse_nano
 from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, MaxpoolBlock, UpsampleBlock, save_cfg
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import save_darknet_weights
@@ -87,7 +84,7 @@ def compare_with_the_oracle(model: Darknet, plan: PrunePlan, size: int, folder) 
     """Assert that the compact model equals the oracle where the padding cannot reach (both run by
     OpenCV); returns (positions compared, positions left out) over all heads."""
     assert plan.kept_channels and not plan.removed_blocks
-    compact, _ = prune_model(model, plan)
+    compact = prune_model(model, plan)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     expected = opencv_heads(zero_gamma_oracle(model, plan), folder, "oracle", x)
     actual = opencv_heads(compact, folder, "compact", x)

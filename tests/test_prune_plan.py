@@ -6,17 +6,18 @@ import math
 import pytest
 import torch
 
-from conftest import CONFIGS, FIXTURES, randomize_bn
-from test_prune_exact import heads, max_diff, sparse_nano
+from helpers import CONFIGS, FIXTURES, heads, max_diff, randomize_bn, sparse_nano
 from yoloprune.darknet.graph import analyze_graph, count_cfg_macs, residual_blocks, safe_prunable_conv_indices
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.errors import CfgError
 from yoloprune.prune.apply import build_compact_model, mask_model, prune_model
 from yoloprune.prune.auto import search_max_pruning
 from yoloprune.prune.calibrate import recalibrate_batchnorm
-from yoloprune.prune.channel import bn_gammas, plan_channel_prune
+from yoloprune.prune.channel import plan_channel_prune
+from yoloprune.prune.importance import bn_scale
 from yoloprune.prune.layer import block_importance, plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
+from yoloprune.prune.report import build_prune_report
 
 
 def test_plan_round_trips_through_json(tmp_path):
@@ -36,7 +37,7 @@ def test_ratio_removes_the_lowest_gammas(mode):
         assert set(plan.candidate_layers) == set(safe_prunable_conv_indices(model.cfg))
     # a shared channel set ranks a channel by its members' max |γ|; a lone conv by its own
     graph = analyze_graph(model.cfg)
-    gammas = bn_gammas(model)
+    gammas = bn_scale(model)
     importance = {}
     for idx in plan.candidate_layers:
         members = graph.group_for(idx).convs if mode == "full" else (idx,)
@@ -74,7 +75,7 @@ def test_min_keep_never_leaves_a_layer_empty(min_keep):
         width = plan.channels_before[idx]
         expected = min(width, min_keep) if min_keep >= 1 else math.ceil(min_keep * width)
         assert plan.channels_after(idx) == max(1, expected)
-    pruned, _ = prune_model(model, plan)
+    pruned = prune_model(model, plan)
     with torch.no_grad():
         pruned.forward_heads(torch.rand(1, 3, 64, 64))
 
@@ -83,7 +84,7 @@ def test_round_keeps_multiples_of_8_by_top_gamma():
     model = Darknet(str(CONFIGS / "yolov3-hand-small.cfg")).eval()
     randomize_bn(model)
     plan = plan_channel_prune(model, "safe", ratio=0.7, round_to=8)
-    gammas = bn_gammas(model)
+    gammas = bn_scale(model)
     for idx, kept in plan.kept_channels.items():
         assert len(kept) % 8 == 0
         top = torch.sort(gammas[idx], descending=True, stable=True).indices[: len(kept)]
@@ -94,12 +95,37 @@ def test_round_keeps_multiples_of_8_by_top_gamma():
 def test_budget_search_lands_within_one_percent(mode, target):
     model = sparse_nano()
     plan = plan_channel_prune(model, mode, **{target: 0.4})
-    pruned, report = prune_model(model, plan)
-    achieved = report["macs_ratio"] if target == "target_flops" else report["params_ratio"]
+    pruned = prune_model(model, plan)
+    report = build_prune_report(model, pruned, plan)
+    achieved = report.macs_ratio if target == "target_flops" else report.params_ratio
     assert abs(achieved / 0.4 - 1) <= 0.01
     # the cfg-only prediction made while planning is what the built model has
     assert plan.params_after == count_parameters(pruned)
     assert plan.macs_after == count_cfg_macs(pruned.cfg, plan.img_size)
+
+
+def test_a_custom_importance_decides_what_is_kept():
+    model = sparse_nano()
+    with torch.no_grad():
+        gammas = {idx: layer.bn.weight.abs().clone() for idx, layer in enumerate(model.layers) if getattr(layer, "bn", None) is not None}
+
+    def smallest_gamma_first(m):  # the reverse of network slimming: a large |γ| is the least important
+        return {idx: -layer.bn.weight.detach().abs() for idx, layer in enumerate(m.layers) if getattr(layer, "bn", None) is not None}
+
+    # threshold -cut removes the channels whose reversed score -|γ| is below -cut, i.e. |γ| > cut
+    candidates = safe_prunable_conv_indices(model.cfg)
+    cut = float(torch.cat([gammas[idx] for idx in candidates]).median())
+    plan = plan_channel_prune(model, "safe", threshold=-cut, importance=smallest_gamma_first)
+    for idx in candidates:
+        expected = [c for c in range(len(gammas[idx])) if gammas[idx][c] <= cut]
+        if not expected:  # min_keep = 1: the most important channel, here the one of smallest |γ|
+            expected = [int(torch.argmin(gammas[idx]))]
+        assert plan.kept_channels.get(idx, list(range(len(gammas[idx])))) == expected
+    assert plan.kept_channels != plan_channel_prune(model, "safe", threshold=cut).kept_channels
+    # blocks too: the reversed score removes the blocks whose second conv has the largest mean |γ|
+    blocks = residual_blocks(model.cfg)
+    by_mean = sorted(blocks, key=lambda b: -float(gammas[b.second].mean()))
+    assert plan_layer_prune(model, 2, importance=smallest_gamma_first) == sorted(by_mean[:2], key=lambda b: b.shortcut)
 
 
 def test_more_pruning_never_costs_more():
@@ -114,9 +140,10 @@ def test_layer_pruning_picks_the_least_important_blocks():
     others = [b for b in residual_blocks(model.cfg) if b not in blocks]
     assert max(block_importance(model, b) for b in blocks) <= min(block_importance(model, b) for b in others)
     plan = plan_channel_prune(model, "full", removed_blocks=blocks)
-    pruned, report = prune_model(model, plan)
+    pruned = prune_model(model, plan)
     assert len(pruned.cfg.layers) == len(model.cfg.layers) - 15
-    assert report["params_after"] < report["params_before"]
+    report = build_prune_report(model, pruned, plan)
+    assert report.params_after < report.params_before
     with pytest.raises(CfgError, match="removable"):
         plan_layer_prune(model, 24)
 
@@ -147,7 +174,7 @@ def test_auto_search_finds_the_largest_acceptable_pruning():
     def fake_map50(m):  # accuracy that falls with the parameters removed
         return count_parameters(m) / full_params
 
-    result = search_max_pruning(model, fake_map50, max_map_drop=0.6, mode="full", steps=7)
+    result = search_max_pruning(model, fake_map50, max_map_drop=0.6, mode="full", apply=prune_model, steps=7)
     assert result.map50_before == 1.0
     assert result.map50_after >= 0.4
     accepted = [t for t in result.trials if t.accepted]
@@ -170,7 +197,7 @@ def test_auto_search_chooses_the_block_count_within_half_the_tolerance():
         removed = full_blocks - len(residual_blocks(m.cfg))
         return 1.0 - 0.1 * removed - 0.05 * (1 - count_parameters(m) / full_params)
 
-    result = search_max_pruning(model, fake_map50, max_map_drop=0.25, mode="full", steps=5, search_blocks=True)
+    result = search_max_pruning(model, fake_map50, max_map_drop=0.25, mode="full", apply=prune_model, steps=5, search_blocks=True)
     # half the tolerance (0.125) allows one block; the channel search then spends the rest
     assert len(result.plan.removed_blocks) == 1
     block_trials = [t for t in result.trials if t.ratio == 0.0]

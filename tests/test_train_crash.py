@@ -12,7 +12,7 @@ import torch
 
 from yoloprune.cli import main
 from yoloprune.darknet.weights import load_checkpoint
-from yoloprune.train.trainer import read_metrics_csv
+from yoloprune.train.metrics import read_metrics_csv
 
 NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 
 from yoloprune.darknet.weights import load_checkpoint
-from yoloprune.train.trainer import read_metrics_csv
+from yoloprune.train.metrics import read_metrics_csv
 
 NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
 
 WORKER = textwrap.dedent(
     """
     import sys, torch
-    from yoloprune.train.trainer import TrainConfig, train
+    from yoloprune.train import TrainSettings, train
 
     data, out, cfg = sys.argv[1:4]
 
@@ -26,9 +26,9 @@ WORKER = textwrap.dedent(
             state = {k: v.detach().cpu() for k, v in trainer.bare_model.state_dict().items()}
             torch.save({"state": state, "steps": trainer.global_step}, f"{out}/rank{trainer.context.rank}.pt")
 
-    config = TrainConfig(data=data, cfg=cfg, out=out, epochs=2, batch_size=2, img_size=64, augment=False,
+    settings = TrainSettings(data=data, cfg=cfg, out=out, epochs=2, batch_size=2, img_size=64, augment=False,
                          progress=False, tensorboard=False, sparsity=1e-3, eval_every=2)
-    train(config, callbacks=[SaveEveryRank()])
+    train(settings, callbacks=[SaveEveryRank()])
     torch.distributed.destroy_process_group()
     """
 )

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from yoloprune.cli import build_parser
-from yoloprune.cli.train import build_train_config
+from yoloprune.cli.train import build_train_settings
 from yoloprune.darknet.weights import load_checkpoint
-from yoloprune.train.trainer import METRIC_COLUMNS, TrainConfig, Trainer, TrainingDiverged, TrainingStopped, read_metrics_csv, train
+from yoloprune.train.metrics import METRIC_COLUMNS, read_metrics_csv
+from yoloprune.train.settings import TrainSettings
+from yoloprune.train.trainer import Trainer, TrainingDiverged, TrainingStopped, train
 
 NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
 
@@ -23,17 +25,17 @@ def tiny_data(tmp_path_factory) -> Path:
     return generate_synthetic_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4, img_size=64, progress=False)
 
 
-def _config(data: Path, out: Path, **changes) -> TrainConfig:
+def _settings(data: Path, out: Path, **changes) -> TrainSettings:
     values = dict(
         data=data, cfg=NANO_CFG, out=out, epochs=3, batch_size=4, img_size=64, augment=False,
         progress=False, tensorboard=False, sparsity=1e-3, sparsity_layers="safe",
     )
     values.update(changes)
-    return TrainConfig(**values)
+    return TrainSettings(**values)
 
 
 def test_run_writes_checkpoints_and_one_metrics_row_per_epoch(tiny_data, tmp_path):
-    result = train(_config(tiny_data, tmp_path / "run", epochs=2, tensorboard=True))
+    result = train(_settings(tiny_data, tmp_path / "run", epochs=2, tensorboard=True))
     assert result.epochs_completed == 2 and not result.stopped_early
     rows = read_metrics_csv(result.metrics_csv)
     assert [row["epoch"] for row in rows] == [1, 2]
@@ -51,12 +53,12 @@ def test_run_writes_checkpoints_and_one_metrics_row_per_epoch(tiny_data, tmp_pat
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.01), ("adam", 0.001)])
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_path, optimizer, lr):
-    reference = train(_config(tiny_data, tmp_path / "reference", optimizer=optimizer, lr=lr))
+    reference = train(_settings(tiny_data, tmp_path / "reference", optimizer=optimizer, lr=lr))
     out = tmp_path / "interrupted"
     # 8 images / batch 4 = 2 steps per epoch: stop in the middle of epoch 2.
-    stopped = train(_config(tiny_data, out, max_steps=3, optimizer=optimizer, lr=lr))
+    stopped = train(_settings(tiny_data, out, max_steps=3, optimizer=optimizer, lr=lr))
     assert stopped.stopped_early and stopped.epochs_completed == 1
-    resumed = train(_config(tiny_data, out, resume=True, optimizer=optimizer, lr=lr))
+    resumed = train(_settings(tiny_data, out, resume=True, optimizer=optimizer, lr=lr))
     assert resumed.epochs_completed == 3
 
     reference_rows, resumed_rows = read_metrics_csv(reference.metrics_csv), read_metrics_csv(resumed.metrics_csv)
@@ -88,11 +90,11 @@ def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tm
 
     def one_step(sparsity: float, out: Path) -> dict[str, torch.Tensor]:
         # grad_clip 0.1: far below the gradient norm of a summed detection loss, so clipping is active
-        config = _config(
+        settings = _settings(
             tiny_data, out, weights=start, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=lr, warmup_epochs=0.0,
             sparsity=sparsity, sparsity_layers="safe", grad_clip=0.1, max_steps=1, eval_every=0,
         )
-        trainer = Trainer(config)
+        trainer = Trainer(settings)
         assert trainer.run().stopped_early
         return {name: p.detach().clone() for name, p in trainer.bare_model.named_parameters()}
 
@@ -111,12 +113,12 @@ def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tm
 def test_best_is_saved_before_last(tiny_data, tmp_path, monkeypatch):
     """A crash between the two writes must not lose the epoch's best model: once last.pt records the
     epoch, a resume will not run it again."""
-    import yoloprune.train.trainer as trainer_module
+    import yoloprune.train.checkpoint as checkpoint_module
 
     written = []
-    save_checkpoint = trainer_module.save_checkpoint
-    monkeypatch.setattr(trainer_module, "save_checkpoint", lambda path, *a, **k: (written.append(Path(path).name), save_checkpoint(path, *a, **k)))
-    train(_config(tiny_data, tmp_path / "run", epochs=1))
+    save_checkpoint = checkpoint_module.save_checkpoint
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", lambda path, *a, **k: (written.append(Path(path).name), save_checkpoint(path, *a, **k)))
+    train(_settings(tiny_data, tmp_path / "run", epochs=1))
     assert written == ["best.pt", "last.pt"]
 
 
@@ -127,7 +129,7 @@ def test_callback_interruption_keeps_the_last_complete_epoch(tiny_data, tmp_path
                 raise TrainingStopped("simulated kill")
 
     out = tmp_path / "run"
-    result = train(_config(tiny_data, out), callbacks=[StopInEpochTwo()])
+    result = train(_settings(tiny_data, out), callbacks=[StopInEpochTwo()])
     assert result.stopped_early and result.epochs_completed == 1
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert [row["epoch"] for row in read_metrics_csv(out / "metrics.csv")] == [1]
@@ -143,7 +145,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_
 
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="not finite.*epoch 2"):
-        train(_config(tiny_data, out, eval_every=0), extra_loss_terms=[poisoned_term])
+        train(_settings(tiny_data, out, eval_every=0), extra_loss_terms=[poisoned_term])
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
@@ -152,23 +154,37 @@ def test_seed_aliases_and_resume_defaults(tiny_data, tmp_path):
     args = parser.parse_args(
         ["train", "--model_def", str(NANO_CFG), "--data", str(tiny_data), "-pre", "w.pt", "-sr", "--s", "0.001", "--out", str(tmp_path)]
     )
-    config = build_train_config(vars(args))
-    assert (config.cfg, config.weights, config.sparsity) == (str(NANO_CFG), "w.pt", 0.001)
-    assert build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "-sr"]))).sparsity == 0.01
-    plain = build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "--no-augment"])))
-    assert plain.sparsity == 0.0 and plain.augment is False and plain.epochs == TrainConfig.epochs
-    adam = build_train_config(vars(parser.parse_args(["train", "--cfg", "x.cfg", "--optimizer", "adam", "--gamma-lr-scale", "10"])))
+    settings = build_train_settings(vars(args))
+    assert (settings.cfg, settings.weights, settings.sparsity) == (str(NANO_CFG), "w.pt", 0.001)
+    assert build_train_settings(vars(parser.parse_args(["train", "--cfg", "x.cfg", "-sr"]))).sparsity == 0.01
+    plain = build_train_settings(vars(parser.parse_args(["train", "--cfg", "x.cfg", "--no-augment"])))
+    assert plain.sparsity == 0.0 and plain.augment is False and plain.epochs == TrainSettings.epochs
+    adam = build_train_settings(vars(parser.parse_args(["train", "--cfg", "x.cfg", "--optimizer", "adam", "--gamma-lr-scale", "10"])))
     assert (adam.optimizer, adam.gamma_lr_scale) == ("adam", 10.0)
 
-    train(_config(tiny_data, tmp_path / "run", epochs=1, eval_every=0))
-    resumed = build_train_config(vars(parser.parse_args(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2"])))
+    train(_settings(tiny_data, tmp_path / "run", epochs=1, eval_every=0))
+    resumed = build_train_settings(vars(parser.parse_args(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2"])))
     assert resumed.epochs == 2 and resumed.img_size == 64 and resumed.sparsity_layers == "safe" and resumed.resume
+
+
+def test_resume_fills_unset_values_from_the_saved_run_and_merges_dict_settings(tmp_path):
+    from yoloprune.darknet.model import Darknet
+    from yoloprune.darknet.weights import save_checkpoint
+    from yoloprune.train.checkpoint import resolve_resume
+
+    saved = TrainSettings(cfg="x.cfg", out=tmp_path, img_size=64, max_steps=5, augment_options={"mosaic": 0.5, "scale": 0.3})
+    save_checkpoint(tmp_path / "last.pt", Darknet(str(NANO_CFG)), meta={"train_config": saved.to_dict()})
+    resumed = resolve_resume({"resume": True, "out": str(tmp_path), "epochs": 4, "augment_options": {"mosaic": 0.1}})
+    assert (resumed.cfg, resumed.img_size, resumed.epochs) == ("x.cfg", 64, 4)
+    assert resumed.max_steps is None  # a step limit belongs to the invocation that set it
+    assert resumed.augment_options == {"mosaic": 0.1, "scale": 0.3}
+    assert resolve_resume({"cfg": "y.cfg"}).cfg == "y.cfg"  # no resume: nothing is read
 
 
 def test_penalised_gammas_get_their_own_scaled_learning_rate():
     from yoloprune.darknet.cfg import load_cfg
     from yoloprune.darknet.model import Darknet
-    from yoloprune.train.trainer import build_param_groups
+    from yoloprune.train.optim import build_param_groups
 
     model = Darknet(load_cfg(NANO_CFG))
     penalised = [model.layers[0].bn.weight, model.layers[1].bn.weight]
@@ -184,7 +200,7 @@ def test_unknown_optimizer_is_refused(tiny_data, tmp_path):
     from yoloprune.errors import SettingsError
 
     with pytest.raises(SettingsError, match="optimizer: must be 'sgd' or 'adam', got 'lamb'"):
-        train(_config(tiny_data, tmp_path / "run", optimizer="lamb"))
+        train(_settings(tiny_data, tmp_path / "run", optimizer="lamb"))
 
 
 @pytest.mark.slow
@@ -194,6 +210,6 @@ def test_overfits_four_images_to_high_map(tmp_path):
     data = generate_synthetic_dataset(tmp_path / "four", n_train=4, n_val=1, img_size=96, progress=False)
     (tmp_path / "four" / "valid.txt").write_text((tmp_path / "four" / "train.txt").read_text())  # score the training images
     # 200 steps: enough for BN running statistics (momentum 0.03) to settle for eval mode.
-    config = _config(data, tmp_path / "run", img_size=96, epochs=200, lr=0.02, warmup_epochs=3, sparsity=0.0, eval_every=200)
-    result = train(config)
+    settings = _settings(data, tmp_path / "run", img_size=96, epochs=200, lr=0.02, warmup_epochs=3, sparsity=0.0, eval_every=200)
+    result = train(settings)
     assert result.final_metrics["map50"] > 0.8

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from yoloprune.bench.profile import Latency, profile_model, time_interleaved, torch_runner
+from yoloprune.bench.settings import BenchSettings
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, is_checkpoint_path
-from yoloprune.errors import YoloPruneError
+from yoloprune.errors import SettingsError, YoloPruneError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class ModelSpec:
         """`NAME=CFG:WEIGHTS`, `NAME=CFG` (random weights) or `NAME=WEIGHTS.pt` (the .pt carries its cfg)."""
         name, sep, spec = text.partition("=")
         if not sep or not name or not spec:
-            raise YoloPruneError(f"--model {text!r}: expected NAME=CFG:WEIGHTS, NAME=CFG or NAME=CHECKPOINT.pt")
+            raise SettingsError("models", f"{text!r} is not NAME=CFG:WEIGHTS, NAME=CFG or NAME=CHECKPOINT.pt")
         if ":" in spec:
             cfg, weights = spec.rsplit(":", 1)
             return cls(name, cfg or None, weights or None)
@@ -81,68 +82,64 @@ def _ort_runner(session, x: np.ndarray):
     return lambda: session.run(None, {"images": x})
 
 
-def benchmark_models(
-    specs: list[ModelSpec] | list[tuple[str, Darknet]],
-    img_size: int = 416,
-    data: str | None = None,
-    runs: int = 20,
-    warmup: int = 5,
-    threads: int | None = None,
-    batch_size: int = 8,
-    workers: int = 0,
-    progress: bool = True,
-) -> BenchResult:
-    """Benchmark models given as ModelSpecs (loaded from disk) or (name, model) pairs."""
-    from yoloprune.export.onnx import create_ort_session, export_onnx
-
-    if runs < 1:
-        raise YoloPruneError(f"runs must be >= 1, got {runs}")
+def benchmark_models(specs: list[ModelSpec] | list[tuple[str, Darknet]], settings: BenchSettings, progress: bool = True) -> BenchResult:
+    """Benchmark models given as ModelSpecs (loaded from disk) or (name, model) pairs, as `settings` say."""
     models: list[tuple[str, Darknet]] = [
         (spec.name, load_model(spec.cfg, spec.weights)) if isinstance(spec, ModelSpec) else spec for spec in specs
     ]
     previous_threads = torch.get_num_threads()
-    threads = threads or previous_threads
+    threads = settings.threads or previous_threads
     torch.set_num_threads(threads)
     try:
-        x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-        results = []
-        torch_runners, ort_runners = {}, {}
-        with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
-            for name, model in models:
-                model.eval()
-                profile = profile_model(model, img_size)
-                results.append(ModelBench(name, profile.params, profile.size_mb, profile.gmacs, profile.bflops, 0.0, 0.0))
-                onnx_path = Path(tmp) / f"model{len(torch_runners)}.onnx"
-                export_onnx(model, onnx_path, img_size)
-                torch_runners[name] = torch_runner(model, x)
-                ort_runners[name] = _ort_runner(create_ort_session(onnx_path, threads), x.numpy())
-            log.info("timing %d model(s): %d runs each after %d warm-up, %d thread(s), interleaved", len(models), runs, warmup, threads)
-            torch_times = time_interleaved(torch_runners, runs, warmup)
-            ort_times = time_interleaved(ort_runners, runs, warmup)
-        for bench in results:
-            bench.latency_ms_torch = Latency.from_times(torch_times[bench.name], threads, 1).median_ms
-            bench.latency_ms_ort = Latency.from_times(ort_times[bench.name], threads, 1).median_ms
-        if data is not None:
-            _add_map(results, models, data, img_size, batch_size, workers, progress)
+        results = _time_models(models, settings, threads)
+        if settings.data is not None:
+            _add_map(results, models, settings, progress)
         base = results[0]
         for bench in results:
             bench.ratios = {key: getattr(bench, key) / getattr(base, key) for key in RATIO_KEYS if getattr(base, key)}
             if bench.map50 is not None and base.map50 is not None:
                 bench.ratios["map50_delta"] = bench.map50 - base.map50
-        return BenchResult(img_size, threads, runs, "cpu", results)
+        return BenchResult(settings.img_size, threads, settings.runs, "cpu", results)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _add_map(results: list[ModelBench], models, data: str, img_size: int, batch_size: int, workers: int, progress: bool) -> None:
-    from yoloprune.data.dataset import create_dataloader
-    from yoloprune.data.spec import load_data_spec
-    from yoloprune.eval.evaluate import evaluate_model
+def _time_models(models: list[tuple[str, Darknet]], settings: BenchSettings, threads: int) -> list[ModelBench]:
+    """Size, MACs and the latency in PyTorch and in ONNX Runtime of each model, timed interleaved."""
+    from yoloprune.export.onnx import create_ort_session, export_onnx
 
-    spec = load_data_spec(data)
-    loader = create_dataloader(spec.valid, img_size, batch_size, workers=workers, num_classes=spec.classes)
+    img_size = settings.img_size
+    x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    results = []
+    torch_runners, ort_runners = {}, {}
+    with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
+        for name, model in models:
+            model.eval()
+            profile = profile_model(model, img_size)
+            results.append(ModelBench(name, profile.params, profile.size_mb, profile.gmacs, profile.bflops, 0.0, 0.0))
+            onnx_path = Path(tmp) / f"model{len(torch_runners)}.onnx"
+            export_onnx(model, onnx_path, img_size)
+            torch_runners[name] = torch_runner(model, x)
+            ort_runners[name] = _ort_runner(create_ort_session(onnx_path, threads), x.numpy())
+        log.info("timing %d model(s): %d runs each after %d warm-up, %d thread(s), interleaved", len(models), settings.runs, settings.warmup, threads)
+        torch_times = time_interleaved(torch_runners, settings.runs, settings.warmup)
+        ort_times = time_interleaved(ort_runners, settings.runs, settings.warmup)
+    for bench in results:
+        bench.latency_ms_torch = Latency.from_times(torch_times[bench.name], threads, 1).median_ms
+        bench.latency_ms_ort = Latency.from_times(ort_times[bench.name], threads, 1).median_ms
+    return results
+
+
+def _add_map(results: list[ModelBench], models, settings: BenchSettings, progress: bool) -> None:
+    from yoloprune.eval.settings import EvalSettings
+    from yoloprune.eval.validator import Validator
+
+    validator = Validator(
+        EvalSettings(data=settings.data, img_size=settings.img_size, batch=settings.batch, workers=settings.workers, device="cpu"),
+        progress=progress,
+    )
     for bench, (_, model) in zip(results, models):
-        metrics = evaluate_model(model, loader, progress=progress)
+        metrics = validator(model)
         bench.map50, bench.map = metrics.map50, metrics.map
 
 
@@ -178,3 +175,23 @@ def format_markdown(result: BenchResult) -> str:
         f"median of {result.runs} runs after warm-up, models interleaved. MACs = multiply-adds (BFLOPs = 2 x GMACs)."
     )
     return "\n".join(lines) + "\n"
+
+
+def bench_and_write(settings: BenchSettings, progress: bool = True) -> tuple[BenchResult, str]:
+    """The `bench` command: the models of `settings.models` compared, the Markdown table returned
+    and, where `settings` names them, the table and the JSON written."""
+    import json
+
+    from yoloprune.fileio import atomic_write_text
+
+    specs = [ModelSpec.parse(text) for text in settings.models]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise YoloPruneError(f"model names must be unique, got {names}")
+    result = benchmark_models(specs, settings, progress)
+    table = format_markdown(result)
+    if settings.md_out:
+        atomic_write_text(settings.md_out, table)
+    if settings.json_out:
+        atomic_write_text(settings.json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result, table

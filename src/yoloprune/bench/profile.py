@@ -81,7 +81,7 @@ def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
     layer_macs = conv_macs_per_layer(cfg, img_size)
     layers = []
     for idx, (block, layer) in enumerate(zip(cfg.layers, model.layers)):
-        input_channels = [model.out_channels[j] if j >= 0 else cfg.net.channels for j in cfg.inputs_of(idx)]
+        input_channels = [cfg.channels_of(j) for j in cfg.inputs_of(idx)]
         layers.append(
             LayerProfile(
                 index=idx,

@@ -2,7 +2,8 @@
 
 The cli package is the only place that parses arguments or configures logging. Each module in it
 defines one command group: a `register(subparsers)` function that adds its parser and sets
-`func` to a handler taking the parsed namespace. Commands are discovered, so adding one is adding a file.
+`func` to a handler taking the parsed namespace, and `settings_class` to the settings dataclass the
+flags fill (`yoloprune.settings`), so that a bad value is reported under its flag. Commands are discovered, so adding one is adding a file.
 Heavy imports (torch, cv2) happen inside the handlers to keep `yoloprune --help` fast.
 """
 
@@ -15,7 +16,8 @@ import pkgutil
 import sys
 
 from yoloprune import __version__
-from yoloprune.errors import YoloPruneError
+from yoloprune.errors import SettingsError, YoloPruneError
+from yoloprune.settings import flags_in_text, with_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = args.func(args)
-    except YoloPruneError as error:
+    except YoloPruneError as error:  # settings named by the flags the user typed, where the command has them
+        settings_class = getattr(args, "settings_class", None)
+        if settings_class is not None:
+            error = with_flag(settings_class, error) if isinstance(error, SettingsError) else flags_in_text(settings_class, str(error))
         print(f"yoloprune: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a read-only or full output folder, a path that is not a folder...

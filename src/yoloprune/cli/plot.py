@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from yoloprune.bench.plots import plot_run
+    from yoloprune.viz import plot_run
 
     for path in plot_run(args.run_dir, args.out):
         print(f"wrote {path}")

@@ -17,6 +17,63 @@ def _scaled(channels: int, width_multiple: float, min_channels: int) -> int:
     return max(min_channels, int(round(channels * width_multiple)))
 
 
+class _Sections:
+    """The layer sections of the cfg being generated, in order; conv widths scaled as they are added."""
+
+    def __init__(self, width_multiple: float, min_channels: int, classes: int, anchors: tuple[tuple[int, int], ...]):
+        self.texts: list[str] = []
+        self.width_multiple, self.min_channels, self.classes = width_multiple, min_channels, classes
+        self.anchor_text = ",  ".join(f"{w},{h}" for w, h in anchors)
+
+    @property
+    def last_index(self) -> int:
+        return len(self.texts) - 1
+
+    def add(self, text: str) -> None:
+        self.texts.append(text)
+
+    def conv(self, filters: int, size: int, stride: int = 1, bn: bool = True, activation: str = "leaky", scale: bool = True) -> None:
+        filters = _scaled(filters, self.width_multiple, self.min_channels) if scale else filters
+        bn_line = "batch_normalize=1\n" if bn else ""
+        self.add(f"[convolutional]\n{bn_line}filters={filters}\nsize={size}\nstride={stride}\npad=1\nactivation={activation}\n")
+
+    def head(self, width: int, mask: str) -> None:
+        for _ in range(3):  # 1x1 squeeze / 3x3 expand, three times; the routes read the last squeeze
+            self.conv(width, 1)
+            self.conv(width * 2, 3)
+        # the prediction conv has exactly 3 anchors x (box, objectness, classes) outputs: never scaled
+        self.conv(3 * (5 + self.classes), 1, bn=False, activation="linear", scale=False)
+        self.add(
+            f"[yolo]\nmask = {mask}\nanchors = {self.anchor_text}\nclasses={self.classes}\nnum=9\n"
+            "jitter=.3\nignore_thresh = .7\ntruth_thresh = 1\nrandom=1\n"
+        )
+
+
+def _add_backbone(sections: _Sections, stage_depths: tuple[int, ...]) -> list[int]:
+    """Darknet-53: a stem conv, then per stage a stride-2 conv and residual blocks (1x1 squeeze, 3x3,
+    shortcut). Returns the layer index of each stage's output."""
+    sections.conv(32, 3)
+    stage_outputs: list[int] = []
+    for stage, depth in enumerate(stage_depths):
+        width = 64 * 2**stage
+        sections.conv(width, 3, stride=2)
+        for _ in range(depth):
+            sections.conv(width // 2, 1)
+            sections.conv(width, 3)
+            sections.add("[shortcut]\nfrom=-3\nactivation=linear\n")
+        stage_outputs.append(sections.last_index)
+    return stage_outputs
+
+
+def _net_section(img_size: int) -> str:
+    return (
+        "[net]\nbatch=16\nsubdivisions=1\n"
+        f"width={img_size}\nheight={img_size}\nchannels=3\n"
+        "momentum=0.9\ndecay=0.0005\nangle=0\nsaturation=1.5\nexposure=1.5\nhue=.1\n"
+        "learning_rate=0.001\nburn_in=1000\nmax_batches=500200\npolicy=steps\nsteps=400000,450000\nscales=.1,.1\n"
+    )
+
+
 def build_yolov3_cfg_text(
     width_multiple: float = 1.0,
     classes: int = 1,
@@ -37,58 +94,16 @@ def build_yolov3_cfg_text(
         raise ValueError(f"stage_depths must be 5 positive block counts, got {stage_depths}")
     if len(anchors) != 9:
         raise ValueError(f"YOLOv3 uses 9 anchors (3 per head), got {len(anchors)}")
-    sections: list[str] = []
-
-    def conv(filters: int, size: int, stride: int = 1, bn: bool = True, activation: str = "leaky", scale: bool = True) -> None:
-        filters = _scaled(filters, width_multiple, min_channels) if scale else filters
-        bn_line = "batch_normalize=1\n" if bn else ""
-        sections.append(f"[convolutional]\n{bn_line}filters={filters}\nsize={size}\nstride={stride}\npad=1\nactivation={activation}\n")
-
-    def layer(text: str) -> None:
-        sections.append(text)
-
-    anchor_text = ",  ".join(f"{w},{h}" for w, h in anchors)
-    head_outputs = 3 * (5 + classes)
-
-    def head(width: int, mask: str) -> None:
-        for _ in range(3):  # 1x1 squeeze / 3x3 expand, three times; the routes read the last squeeze
-            conv(width, 1)
-            conv(width * 2, 3)
-        conv(head_outputs, 1, bn=False, activation="linear", scale=False)
-        layer(
-            f"[yolo]\nmask = {mask}\nanchors = {anchor_text}\nclasses={classes}\nnum=9\n"
-            "jitter=.3\nignore_thresh = .7\ntruth_thresh = 1\nrandom=1\n"
-        )
-
-    # Backbone: a stem conv, then per stage a stride-2 conv and residual blocks (1x1 squeeze, 3x3, shortcut).
-    conv(32, 3)
-    stage_outputs: list[int] = []
-    for stage, depth in enumerate(stage_depths):
-        width = 64 * 2**stage
-        conv(width, 3, stride=2)
-        for _ in range(depth):
-            conv(width // 2, 1)
-            conv(width, 3)
-            layer("[shortcut]\nfrom=-3\nactivation=linear\n")
-        stage_outputs.append(len(sections) - 1)
-
-    head(512, "6,7,8")
-    layer("[route]\nlayers = -4\n")
-    conv(256, 1)
-    layer("[upsample]\nstride=2\n")
-    layer(f"[route]\nlayers = -1, {stage_outputs[3]}\n")
-    head(256, "3,4,5")
-    layer("[route]\nlayers = -4\n")
-    conv(128, 1)
-    layer("[upsample]\nstride=2\n")
-    layer(f"[route]\nlayers = -1, {stage_outputs[2]}\n")
-    head(128, "0,1,2")
-
-    net = (
-        "[net]\nbatch=16\nsubdivisions=1\n"
-        f"width={img_size}\nheight={img_size}\nchannels=3\n"
-        "momentum=0.9\ndecay=0.0005\nangle=0\nsaturation=1.5\nexposure=1.5\nhue=.1\n"
-        "learning_rate=0.001\nburn_in=1000\nmax_batches=500200\npolicy=steps\nsteps=400000,450000\nscales=.1,.1\n"
-    )
+    sections = _Sections(width_multiple, min_channels, classes, anchors)
+    stage_outputs = _add_backbone(sections, stage_depths)
+    # Three heads, coarse to fine: each finer one reads the previous head's squeeze (route -4),
+    # upsampled and concatenated with the backbone stage of its resolution.
+    sections.head(512, "6,7,8")
+    for width, stage_output, mask in ((256, stage_outputs[3], "3,4,5"), (128, stage_outputs[2], "0,1,2")):
+        sections.add("[route]\nlayers = -4\n")
+        sections.conv(width, 1)
+        sections.add("[upsample]\nstride=2\n")
+        sections.add(f"[route]\nlayers = -1, {stage_output}\n")
+        sections.head(width, mask)
     header = f"# YOLOv3 topology, width x{width_multiple:g}, {classes} class(es); generated by yoloprune.darknet.builder\n"
-    return header + "\n".join([net] + sections)
+    return header + "\n".join([_net_section(img_size)] + sections.texts)

@@ -3,8 +3,9 @@
 `analyze_graph` follows every channel from the conv that makes it through routes (concatenation at
 a channel offset, `groups` slices), shortcuts (sums), upsamples and maxpools (pass-through), and
 groups convs into channel sets: convs whose outputs are summed by a chain of shortcuts must keep the
-same channels, so they are pruned together. It also finds removable residual blocks and counts
-MACs and parameters from the cfg alone (fast enough to run inside a search loop).
+same channels, so they are pruned together. It also finds removable residual blocks, infers every
+layer's channels and counts MACs and parameters from the cfg alone (fast enough to run inside a
+search loop); `conv_macs` and `conv_params` are the one place a conv's cost is computed.
 
 Channels of a conv are "tied" when its output is summed element-wise with another tensor ([shortcut]):
 removing a channel there would have to remove the same channel from every summand. Single-input
@@ -16,7 +17,55 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, MaxpoolBlock, RouteBlock, ShortcutBlock, UpsampleBlock, YoloBlock
-from yoloprune.darknet.model import infer_channels
+from yoloprune.errors import CfgError
+
+# ---------------------------------------------------------------------------------------------- channels
+
+
+def channels_at(cfg: DarknetCfg, out_channels: list[int], ref: int) -> int:
+    """Channels of layer `ref`'s output given every layer's `out_channels` (-1 = the input image)."""
+    return cfg.net.channels if ref < 0 else out_channels[ref]
+
+
+def infer_channels(cfg: DarknetCfg) -> list[int]:
+    """Output channels of every layer; raises CfgError where the cfg's channel arithmetic fails."""
+    channels: list[int] = []
+    for idx, block in enumerate(cfg.layers):
+        inputs = [channels_at(cfg, channels, j) for j in cfg.inputs_of(idx)]
+        if isinstance(block, ConvBlock):
+            if inputs[0] % block.groups:
+                raise CfgError(f"[convolutional] layer {idx}: {inputs[0]} input channels not divisible by groups={block.groups}", cfg.path, block.line)
+            channels.append(block.filters)
+        elif isinstance(block, RouteBlock):
+            if any(c % block.groups for c in inputs):
+                raise CfgError(f"[route] layer {idx}: input channels {inputs} not divisible by groups={block.groups}", cfg.path, block.line)
+            channels.append(sum(c // block.groups for c in inputs))
+        elif isinstance(block, ShortcutBlock):
+            if inputs[0] != inputs[1]:
+                # darknet would still add them, over the channels both have; yoloprune sums equal shapes only
+                raise CfgError(
+                    f"[shortcut] layer {idx}: from={block.from_} adds {inputs[1]} channels (layer {cfg.inputs_of(idx)[1]}) "
+                    f"to {inputs[0]} (layer {idx - 1}); they must match",
+                    cfg.path,
+                    block.line,
+                )
+            channels.append(inputs[0])
+        elif isinstance(block, YoloBlock):
+            expected = len(block.mask) * (block.classes + 5)
+            if inputs[0] != expected:
+                raise CfgError(
+                    f"[yolo] layer {idx}: previous layer has {inputs[0]} channels, expected "
+                    f"{len(block.mask)} anchors x (5 + {block.classes} classes) = {expected}",
+                    cfg.path,
+                    block.line,
+                )
+            channels.append(inputs[0])
+        else:
+            channels.append(inputs[0])
+    return channels
+
+
+# ---------------------------------------------------------------------------------------------- ties
 
 
 def _source_convs(cfg: DarknetCfg, layer_idx: int) -> set[int]:
@@ -178,11 +227,12 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
     """Channel maps, consumers and channel sets of a cfg; which sets may be pruned and why not.
 
     A channel set is not prunable when one of its convs has no batch norm (no γ to rank channels by,
-    no β to fold) or a logistic activation (a zeroed channel must output 0), feeds a [yolo] head (its channels are the predictions), is a grouped conv or is read
-    by one (channel groups would break), is read by a [route] with `groups` (its halves would shift),
-    or is summed by a [shortcut] with something that is not exactly one whole channel set.
+    no β to fold) or a logistic activation (a zeroed channel must output 0), feeds a [yolo] head (its
+    channels are the predictions), is a grouped conv or is read by one (channel groups would break),
+    is read by a [route] with `groups` (its halves would shift), or is summed by a [shortcut] with
+    something that is not exactly one whole channel set.
     """
-    out_channels = infer_channels(cfg)
+    out_channels = cfg.out_channels
     union = _UnionFind()
     reasons: dict[int, list[str]] = {}
 
@@ -211,7 +261,7 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
             spans: list[ChannelSpan] = []
             for j, input_map in zip(inputs, input_maps):
                 if block.groups > 1:
-                    width = (cfg.net.channels if j < 0 else out_channels[j]) // block.groups
+                    width = cfg.channels_of(j) // block.groups
                     fix(input_map, f"read by grouped route {idx}")
                     input_map = slice_channel_map(input_map, width * block.group_id, width * (block.group_id + 1))
                 spans.extend(input_map)
@@ -229,8 +279,16 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
         else:  # upsample, maxpool: channels pass through
             maps.append(input_maps[0])
 
-    group_of = {idx: union.find(idx) for idx, block in enumerate(cfg.layers) if isinstance(block, ConvBlock)}
+    group_of, groups = _channel_groups(cfg, union, reasons)
     maps = [tuple(ChannelSpan(union.find(s.group) if s.group >= 0 else -1, s.start, s.stop) for s in m) for m in maps]
+    return DarknetGraph(cfg, out_channels, maps, layer_consumers(cfg), groups, group_of)
+
+
+def _channel_groups(
+    cfg: DarknetCfg, union: _UnionFind, reasons: dict[int, list[str]]
+) -> tuple[dict[int, int], dict[int, ChannelGroup]]:
+    """The root conv of every conv's channel set, and each set with the reasons (per conv) it may not be pruned."""
+    group_of = {idx: union.find(idx) for idx, block in enumerate(cfg.layers) if isinstance(block, ConvBlock)}
     members: dict[int, list[int]] = {}
     for conv_idx, root in group_of.items():
         members.setdefault(root, []).append(conv_idx)
@@ -238,7 +296,7 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
     for root, convs in sorted(members.items()):
         why = [f"conv {conv_idx}: {r}" for conv_idx in convs for r in reasons.get(conv_idx, [])]
         groups[root] = ChannelGroup(tuple(sorted(convs)), cfg.layers[root].filters, prunable=not why, reasons=tuple(dict.fromkeys(why)))
-    return DarknetGraph(cfg, out_channels, maps, layer_consumers(cfg), groups, group_of)
+    return group_of, groups
 
 
 def prunable_conv_indices(cfg: DarknetCfg, mode: str = "safe") -> list[int]:
@@ -310,21 +368,23 @@ def infer_output_hw(cfg: DarknetCfg, img_hw: tuple[int, int]) -> list[tuple[int,
     return sizes
 
 
+def conv_macs(block: ConvBlock, in_channels: int, out_hw: tuple[int, int]) -> int:
+    """Multiply-adds of a conv reading `in_channels` channels into an output of `out_hw` (height, width):
+    each of `filters` filters sees `in_channels / groups` channels over size x size taps, per pixel."""
+    out_h, out_w = out_hw
+    return out_h * out_w * block.filters * (in_channels // block.groups) * block.size * block.size
+
+
+def conv_params(block: ConvBlock, in_channels: int) -> int:
+    """Trainable parameters of a conv: its kernel (each weight is used once per output pixel, so these
+    are its MACs at a 1x1 output), plus BN's γ and β or else the conv's bias."""
+    return conv_macs(block, in_channels, (1, 1)) + (2 * block.filters if block.batch_normalize else block.filters)
+
+
 def conv_macs_per_layer(cfg: DarknetCfg, img_size: int | tuple[int, int] = 416) -> list[int]:
     """Multiply-adds of every layer at `img_size` (0 for the layers that are not convs), from the cfg alone."""
-    img_hw = (img_size, img_size) if isinstance(img_size, int) else img_size
-    channels = infer_channels(cfg)
-    sizes = infer_output_hw(cfg, img_hw)
-    macs = []
-    for idx, block in enumerate(cfg.layers):
-        if isinstance(block, ConvBlock):
-            j = cfg.inputs_of(idx)[0]
-            in_channels = cfg.net.channels if j < 0 else channels[j]
-            h, w = sizes[idx]
-            macs.append(h * w * block.filters * (in_channels // block.groups) * block.size * block.size)
-        else:
-            macs.append(0)
-    return macs
+    sizes = infer_output_hw(cfg, (img_size, img_size) if isinstance(img_size, int) else img_size)
+    return [conv_macs(block, cfg.in_channels(idx), sizes[idx]) if isinstance(block, ConvBlock) else 0 for idx, block in enumerate(cfg.layers)]
 
 
 def count_cfg_macs(cfg: DarknetCfg, img_size: int | tuple[int, int] = 416) -> int:
@@ -334,12 +394,4 @@ def count_cfg_macs(cfg: DarknetCfg, img_size: int | tuple[int, int] = 416) -> in
 
 def count_cfg_params(cfg: DarknetCfg) -> int:
     """Trainable parameters of the model a cfg describes (conv weights, BN γ/β or conv bias)."""
-    channels = infer_channels(cfg)
-    total = 0
-    for idx, block in enumerate(cfg.layers):
-        if isinstance(block, ConvBlock):
-            j = cfg.inputs_of(idx)[0]
-            in_channels = cfg.net.channels if j < 0 else channels[j]
-            total += block.filters * (in_channels // block.groups) * block.size * block.size
-            total += 2 * block.filters if block.batch_normalize else block.filters
-    return total
+    return sum(conv_params(block, cfg.in_channels(idx)) for idx, block in enumerate(cfg.layers) if isinstance(block, ConvBlock))

@@ -29,7 +29,7 @@ from yoloprune.darknet.cfg import (
     load_cfg,
     parse_cfg,
 )
-from yoloprune.errors import CfgError
+from yoloprune.darknet.graph import infer_channels
 
 LEAKY_SLOPE = 0.1  # darknet's leaky ReLU
 BN_EPS = 1e-5
@@ -173,44 +173,6 @@ def _build_layer(block: LayerBlock, in_channels: int) -> nn.Module:
     return YoloLayer(block)
 
 
-def infer_channels(cfg: DarknetCfg) -> list[int]:
-    """Output channels of every layer; raises CfgError where the cfg's channel arithmetic fails."""
-    channels: list[int] = []
-    for idx, block in enumerate(cfg.layers):
-        inputs = [cfg.net.channels if j < 0 else channels[j] for j in cfg.inputs_of(idx)]
-        if isinstance(block, ConvBlock):
-            if inputs[0] % block.groups:
-                raise CfgError(f"[convolutional] layer {idx}: {inputs[0]} input channels not divisible by groups={block.groups}", cfg.path, block.line)
-            channels.append(block.filters)
-        elif isinstance(block, RouteBlock):
-            if any(c % block.groups for c in inputs):
-                raise CfgError(f"[route] layer {idx}: input channels {inputs} not divisible by groups={block.groups}", cfg.path, block.line)
-            channels.append(sum(c // block.groups for c in inputs))
-        elif isinstance(block, ShortcutBlock):
-            if inputs[0] != inputs[1]:
-                # darknet would still add them, over the channels both have; yoloprune sums equal shapes only
-                raise CfgError(
-                    f"[shortcut] layer {idx}: from={block.from_} adds {inputs[1]} channels (layer {cfg.inputs_of(idx)[1]}) "
-                    f"to {inputs[0]} (layer {idx - 1}); they must match",
-                    cfg.path,
-                    block.line,
-                )
-            channels.append(inputs[0])
-        elif isinstance(block, YoloBlock):
-            expected = len(block.mask) * (block.classes + 5)
-            if inputs[0] != expected:
-                raise CfgError(
-                    f"[yolo] layer {idx}: previous layer has {inputs[0]} channels, expected "
-                    f"{len(block.mask)} anchors x (5 + {block.classes} classes) = {expected}",
-                    cfg.path,
-                    block.line,
-                )
-            channels.append(inputs[0])
-        else:
-            channels.append(inputs[0])
-    return channels
-
-
 class Darknet(nn.Module):
     def __init__(self, cfg: DarknetCfg | str):
         super().__init__()
@@ -218,8 +180,7 @@ class Darknet(nn.Module):
             cfg = load_cfg(cfg)
         self.cfg = cfg
         self.out_channels = infer_channels(cfg)
-        in_channels = [cfg.net.channels] + self.out_channels[:-1]
-        self.layers = nn.ModuleList(_build_layer(block, c) for block, c in zip(cfg.layers, in_channels))
+        self.layers = nn.ModuleList(_build_layer(block, cfg.in_channels(idx)) for idx, block in enumerate(cfg.layers))
         self.yolo_indices = cfg.yolo_indices
         self._initialize_head_biases()
         # Layer outputs that a later route/shortcut reads; all others are dropped as soon as used.

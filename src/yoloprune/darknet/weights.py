@@ -191,7 +191,7 @@ def load_model(cfg: str | Path | DarknetCfg | None = None, weights: str | Path |
             raise WeightsError("no cfg given: pass a cfg, or a .pt checkpoint (which carries its cfg)", weights)
         checkpoint = load_checkpoint(weights)
         if "cfg" not in checkpoint:
-            raise WeightsError("checkpoint carries no cfg text: pass --cfg", weights)
+            raise WeightsError("checkpoint carries no cfg text: give the cfg as well", weights)
         try:
             model = Darknet(parse_cfg(checkpoint["cfg"], f"{weights}#cfg"))
         except CfgError as error:

@@ -5,7 +5,7 @@ Heavy modules (cv2, torch) load on first use of a name, so importing the package
 
 from __future__ import annotations
 
-import importlib
+from yoloprune.lazy import lazy_getattr
 
 _EXPORTS = {
     "DataSpec": "yoloprune.data.spec",
@@ -24,9 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

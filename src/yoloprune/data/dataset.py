@@ -26,6 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from yoloprune.data.spec import DataSpec, label_path_for, load_data_spec, read_image_entries, read_labels
 from yoloprune.data.transforms import AugmentConfig, SampleTransform, compose_mosaic, cxcywh_norm_to_xyxy_px
 from yoloprune.errors import DataError
+from yoloprune.settings import STRIDE, check_img_size
 
 __all__ = [
     "DataSpec",
@@ -40,8 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-STRIDE = 32  # YOLOv3's coarsest head stride: input sizes must be multiples of it
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -88,8 +87,7 @@ class YoloDataset(Dataset):
         seed: int = 0,
         augment_config: AugmentConfig | None = None,
     ):
-        if img_size % STRIDE != 0 or img_size <= 0:
-            raise ValueError(f"img_size must be a positive multiple of {STRIDE}, got {img_size}")
+        check_img_size(img_size)
         self.list_file = Path(list_file)
         self.img_size = img_size
         self.augment = augment

@@ -117,6 +117,36 @@ def _find_root(src: Path) -> Path:
     raise DataError(f"not an Oxford Hand folder: expected {expected} (or hand_dataset/ holding them)", src)
 
 
+def _hand_labels(hands: list[np.ndarray], width: int, height: int, mat_path: Path, summary: ConversionSummary) -> np.ndarray:
+    """YOLO labels `(n, 5)` (class 0, normalised cx cy w h) of the hands that lie in the image; the
+    others are counted in `summary.boxes_outside`."""
+    boxes = []
+    for corners in hands:
+        try:
+            box = corners_to_box_xyxy(corners, width, height)
+        except ValueError as error:
+            raise DataError(str(error), mat_path) from None
+        if box is None:
+            summary.boxes_outside += 1
+        else:
+            boxes.append(box)
+    labels_xyxy_px = np.array([(0.0, *box) for box in boxes], dtype=np.float32).reshape(-1, 5)
+    return xyxy_px_to_cxcywh_norm(labels_xyxy_px, width, height)
+
+
+def _write_example(image_path: Path, labels_cxcywh_norm: np.ndarray, out: Path, out_split: str, name: str) -> Path:
+    """Copy the image to `out/images/<split>/<name>`, write its label file; returns the copy's path."""
+    out_image = out / "images" / out_split / name
+    out_image.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_image) as tmp:
+        shutil.copyfile(image_path, tmp)
+    atomic_write_text(
+        out / "labels" / out_split / f"{Path(name).stem}.txt",
+        format_label_lines(labels_cxcywh_norm[:, 0], labels_cxcywh_norm[:, 1:]),
+    )
+    return out_image
+
+
 def convert_oxford_hand(
     src: str | Path, out: str | Path, skip_bad: bool = False, progress: bool = True
 ) -> ConversionSummary:
@@ -156,32 +186,13 @@ def convert_oxford_hand(
                 skip(Path(error.path or image_path), error.reason)
                 continue
             height, width = image.shape[:2]
-            boxes = []
-            for corners in hands:
-                try:
-                    box = corners_to_box_xyxy(corners, width, height)
-                except ValueError as error:
-                    raise DataError(str(error), mat_path) from None
-                if box is None:
-                    summary.boxes_outside += 1
-                else:
-                    boxes.append(box)
-            labels_xyxy_px = np.array([(0.0, *box) for box in boxes], dtype=np.float32).reshape(-1, 5)
-            labels_cxcywh_norm = xyxy_px_to_cxcywh_norm(labels_xyxy_px, width, height)
+            labels_cxcywh_norm = _hand_labels(hands, width, height, mat_path, summary)
             # Training and validation share one output folder; keep names unique.
             name = image_path.name
             if name in used_names[out_split]:
                 name = f"{split_dir.split('_')[0]}_{name}"
             used_names[out_split].add(name)
-            out_image = out / "images" / out_split / name
-            out_image.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(out_image) as tmp:
-                shutil.copyfile(image_path, tmp)
-            atomic_write_text(
-                out / "labels" / out_split / f"{Path(name).stem}.txt",
-                format_label_lines(labels_cxcywh_norm[:, 0], labels_cxcywh_norm[:, 1:]),
-            )
-            listed[out_split].append(out_image)
+            listed[out_split].append(_write_example(image_path, labels_cxcywh_norm, out, out_split, name))
             summary.images[out_split] += 1
             summary.boxes[out_split] += len(labels_cxcywh_norm)
     summary.data_path = write_dataset_spec(out, "hand", ["hand"], listed["train"], listed["val"])

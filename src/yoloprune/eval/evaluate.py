@@ -92,24 +92,11 @@ def _discard(*_args, **_kwargs) -> None:
     """faster-coco-eval prints progress and its summary table through this; we return numbers instead."""
 
 
-def compute_detection_metrics(
-    predictions_per_image: Sequence,
-    ground_truths_per_image: Sequence,
-    num_classes: int,
-) -> DetectionMetrics:
-    """COCO-protocol metrics for detections and ground truth given per image, in the same pixel space.
-
-    `predictions_per_image[i]`: (K, 6) `[x1, y1, x2, y2, score, cls]`; `ground_truths_per_image[i]`:
-    (M, 5) `[cls, x1, y1, x2, y2]` (tensors or arrays; either may be empty). Images without ground
-    truth still count: their detections are false positives. With no ground truth at all the AP is
-    undefined; every metric is then reported as 0.0 (and `ground_truths` says why).
-    """
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    if len(predictions_per_image) != len(ground_truths_per_image):
-        raise ValueError(f"{len(predictions_per_image)} prediction sets for {len(ground_truths_per_image)} ground-truth sets")
-    images = [{"id": image_idx + 1} for image_idx in range(len(ground_truths_per_image))]
-    categories = [{"id": class_id + 1, "name": str(class_id)} for class_id in range(num_classes)]
+def _coco_annotations(
+    predictions_per_image: Sequence, ground_truths_per_image: Sequence, num_classes: int
+) -> tuple[list[dict], list[dict]]:
+    """COCO ground-truth and detection annotations of every image; image, category and annotation ids
+    are 1-based."""
     gt_annotations: list[dict] = []
     dt_annotations: list[dict] = []
     for image_idx, (predictions, ground_truths) in enumerate(zip(predictions_per_image, ground_truths_per_image)):
@@ -135,10 +122,12 @@ def compute_detection_metrics(
                     "iscrowd": 0,
                 }
             )
-    counts = {"images": len(images), "ground_truths": len(gt_annotations), "detections": len(dt_annotations)}
-    if not gt_annotations:
-        log.warning("no ground-truth boxes in %d images: mAP is undefined, reported as 0", len(images))
-        return DetectionMetrics(map50=0.0, map=0.0, map75=0.0, precision=0.0, recall=0.0, f1=0.0, ar100=0.0, **counts)
+    return gt_annotations, dt_annotations
+
+
+def _coco_scores(images: list[dict], categories: list[dict], gt_annotations: list[dict], dt_annotations: list[dict]) -> dict[str, float]:
+    """The metrics of `DetectionMetrics` from one `COCOeval_faster` run (ground truth must not be empty)."""
+    from faster_coco_eval import COCO, COCOeval_faster
 
     coco_gt = COCO({"images": images, "categories": categories, "annotations": gt_annotations}, print_function=_discard)
     coco_dt = COCO({"images": images, "categories": categories, "annotations": dt_annotations}, print_function=_discard)
@@ -157,16 +146,39 @@ def compute_detection_metrics(
     def _stat(name: str) -> float:
         return max(0.0, float(stats[name]))  # -1 means "no data"; with ground truth it cannot occur
 
-    return DetectionMetrics(
-        map50=_stat("AP_50"),
-        map=_stat("AP_all"),
-        map75=_stat("AP_75"),
-        precision=precision,
-        recall=recall,
-        f1=f1,
-        ar100=_stat("AR_third"),  # AR with maxDets = 100, the last of COCO's [1, 10, 100]
-        **counts,
-    )
+    return {
+        "map50": _stat("AP_50"),
+        "map": _stat("AP_all"),
+        "map75": _stat("AP_75"),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "ar100": _stat("AR_third"),  # AR with maxDets = 100, the last of COCO's [1, 10, 100]
+    }
+
+
+def compute_detection_metrics(
+    predictions_per_image: Sequence,
+    ground_truths_per_image: Sequence,
+    num_classes: int,
+) -> DetectionMetrics:
+    """COCO-protocol metrics for detections and ground truth given per image, in the same pixel space.
+
+    `predictions_per_image[i]`: (K, 6) `[x1, y1, x2, y2, score, cls]`; `ground_truths_per_image[i]`:
+    (M, 5) `[cls, x1, y1, x2, y2]` (tensors or arrays; either may be empty). Images without ground
+    truth still count: their detections are false positives. With no ground truth at all the AP is
+    undefined; every metric is then reported as 0.0 (and `ground_truths` says why).
+    """
+    if len(predictions_per_image) != len(ground_truths_per_image):
+        raise ValueError(f"{len(predictions_per_image)} prediction sets for {len(ground_truths_per_image)} ground-truth sets")
+    images = [{"id": image_idx + 1} for image_idx in range(len(ground_truths_per_image))]
+    categories = [{"id": class_id + 1, "name": str(class_id)} for class_id in range(num_classes)]
+    gt_annotations, dt_annotations = _coco_annotations(predictions_per_image, ground_truths_per_image, num_classes)
+    counts = {"images": len(images), "ground_truths": len(gt_annotations), "detections": len(dt_annotations)}
+    if not gt_annotations:
+        log.warning("no ground-truth boxes in %d images: mAP is undefined, reported as 0", len(images))
+        return DetectionMetrics(map50=0.0, map=0.0, map75=0.0, precision=0.0, recall=0.0, f1=0.0, ar100=0.0, **counts)
+    return DetectionMetrics(**_coco_scores(images, categories, gt_annotations, dt_annotations), **counts)
 
 
 def evaluate_model(

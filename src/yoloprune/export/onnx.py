@@ -12,15 +12,11 @@ import torch
 
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import ExportError
+from yoloprune.export.settings import PARITY_TOLERANCE
 from yoloprune.fileio import atomic_output
 
 log = logging.getLogger(__name__)
 
-# Largest accepted difference between ONNX Runtime's and PyTorch's decoded outputs, with the box
-# columns measured as a share of the input size and the probabilities as they are. An absolute
-# tolerance on pixel coordinates would depend on the input size: float32 accumulation order alone
-# moves a box by ~1e-3 px at 96 px on one CPU and more at 416 px.
-PARITY_TOLERANCE = 1e-4
 BOX_COLUMNS = 4  # cx, cy, w, h in input pixels; then objectness and class probabilities
 
 

@@ -1,29 +1,38 @@
-"""Network slimming: plan (channel.py, layer.py, auto.py) → apply with β folding (apply.py) → report.
+"""Network slimming: plan (channel.py, layer.py, auto.py; ranked by an importance from
+importance.py) → apply with β folding (apply.py) → report (report.py).
 
-    from yoloprune.prune import plan_channel_prune, plan_layer_prune, prune_model
+    from yoloprune.prune import build_prune_report, plan_channel_prune, plan_layer_prune, prune_model
     plan = plan_channel_prune(model, "full", target_flops=0.25, removed_blocks=plan_layer_prune(model, 4))
-    pruned, report = prune_model(model, plan)
+    pruned = prune_model(model, plan)
+    report = build_prune_report(model, pruned, plan)
+
+The planners never import the applier: cfg surgery is `darknet.edit.build_pruned_cfg`, and the
+mAP search takes the applier as an argument (`search_max_pruning(..., apply=prune_model)`).
+Names load on first use, so that reading the settings (`prune.settings`, for the command line)
+does not import torch.
 """
 
-from yoloprune.prune.apply import build_compact_model, build_pruned_cfg, fold_pruned_constants, mask_model, prune_model
-from yoloprune.prune.auto import search_max_pruning
-from yoloprune.prune.calibrate import recalibrate_batchnorm
-from yoloprune.prune.channel import plan_channel_prune
-from yoloprune.prune.layer import plan_layer_prune
-from yoloprune.prune.plan import PrunePlan
-from yoloprune.prune.report import build_prune_report, write_prune_outputs
+from __future__ import annotations
 
-__all__ = [
-    "PrunePlan",
-    "build_compact_model",
-    "build_pruned_cfg",
-    "build_prune_report",
-    "fold_pruned_constants",
-    "mask_model",
-    "plan_channel_prune",
-    "plan_layer_prune",
-    "prune_model",
-    "recalibrate_batchnorm",
-    "search_max_pruning",
-    "write_prune_outputs",
-]
+from yoloprune.lazy import lazy_getattr
+
+_EXPORTS = {
+    "build_compact_model": "yoloprune.prune.apply",
+    "fold_pruned_constants": "yoloprune.prune.apply",
+    "mask_model": "yoloprune.prune.apply",
+    "prune_model": "yoloprune.prune.apply",
+    "search_max_pruning": "yoloprune.prune.auto",
+    "recalibrate_batchnorm": "yoloprune.prune.calibrate",
+    "plan_channel_prune": "yoloprune.prune.channel",
+    "bn_scale": "yoloprune.prune.importance",
+    "plan_layer_prune": "yoloprune.prune.layer",
+    "PrunePlan": "yoloprune.prune.plan",
+    "LayerChannels": "yoloprune.prune.report",
+    "PruneReport": "yoloprune.prune.report",
+    "build_prune_report": "yoloprune.prune.report",
+    "write_prune_outputs": "yoloprune.prune.report",
+    "PruneSettings": "yoloprune.prune.settings",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -22,71 +22,16 @@ and `build_compact_model` slices it. The compact model equals the keep-size mode
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 import torch.nn.functional as F
 
-from yoloprune.darknet.cfg import (
-    ConvBlock,
-    DarknetCfg,
-    MaxpoolBlock,
-    RouteBlock,
-    ShortcutBlock,
-    UpsampleBlock,
-    YoloBlock,
-    copy_block,
-)
-from yoloprune.darknet.graph import ResidualBlock
+from yoloprune.darknet.cfg import ConvBlock, MaxpoolBlock, RouteBlock, ShortcutBlock, UpsampleBlock, YoloBlock
+from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.model import Darknet, make_activation
 from yoloprune.prune.plan import PrunePlan
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------- cfg surgery
-
-
-def build_pruned_cfg(
-    cfg: DarknetCfg,
-    filters: dict[int, int] | None = None,
-    removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (),
-) -> DarknetCfg:
-    """The cfg with conv `filters` changed and residual blocks removed; route/shortcut references
-    are renumbered (relative ones stay relative) and a reference to a removed block's shortcut
-    points to the block's input, which is what that shortcut outputs once the block is gone."""
-    filters = filters or {}
-    removed_shortcuts = {block.shortcut: block for block in removed_blocks}
-    removed = {idx for block in removed_blocks for idx in block.layers}
-    alias: dict[int, int] = {}  # removed shortcut -> the kept layer standing for its output
-    new_index: dict[int, int] = {}
-    layers = []
-
-    def target(old_idx: int) -> int:
-        return new_index[alias.get(old_idx, old_idx)]
-
-    def rewrite(old_idx: int, new_idx: int, ref: int) -> int:
-        new_target = target(cfg.resolve(old_idx, ref))
-        return new_target - new_idx if ref < 0 else new_target
-
-    for idx, block in enumerate(cfg.layers):
-        if idx in removed:
-            if idx in removed_shortcuts:
-                before = removed_shortcuts[idx].first - 1
-                alias[idx] = alias.get(before, before)
-            continue
-        new_idx = len(layers)
-        new_index[idx] = new_idx
-        if isinstance(block, ConvBlock):
-            block = copy_block(block, filters=filters.get(idx, block.filters))
-        elif isinstance(block, RouteBlock):
-            block = copy_block(block, layers=tuple(rewrite(idx, new_idx, ref) for ref in block.layers))
-        elif isinstance(block, ShortcutBlock):
-            block = copy_block(block, from_=rewrite(idx, new_idx, block.from_))
-        if not isinstance(block, RouteBlock) and idx > 0 and target(idx - 1) != new_idx - 1:
-            raise ValueError(f"layer {idx} would lose its input (layer {idx - 1}) when removing {sorted(removed)}")
-        layers.append(block)
-    return cfg.replace(layers)
 
 
 # ---------------------------------------------------------------------------------------------- keep-size folding
@@ -114,6 +59,47 @@ def _conv_input_shift(weight: torch.Tensor, offset: torch.Tensor, groups: int) -
     return F.conv2d(patch, weight, groups=groups).view(-1)
 
 
+def _fold_into_conv(state: dict[str, torch.Tensor], prefix: str, block: ConvBlock, incoming: torch.Tensor | None, removed: torch.Tensor | None) -> torch.Tensor | None:
+    """Absorb a constant `incoming` on the conv's input into its BN mean (or its bias without BN);
+    zero the `removed` output channels' γ and β and return the constant act(β) they output in the
+    original network (None when no channel is removed)."""
+    if incoming is not None:
+        shift = _conv_input_shift(state[prefix + "conv.weight"], incoming, block.groups)
+        if block.batch_normalize:
+            state[prefix + "bn.running_mean"] -= shift.to(state[prefix + "bn.running_mean"].dtype)
+        else:
+            state[prefix + "conv.bias"] += shift.to(state[prefix + "conv.bias"].dtype)
+    if removed is None or not removed.any():
+        return None
+    beta = state[prefix + "bn.bias"]
+    offset = torch.zeros(block.filters, dtype=torch.float64)
+    offset[removed] = make_activation(block.activation)(beta[removed].double())
+    state[prefix + "bn.weight"][removed] = 0
+    beta[removed] = 0
+    return offset
+
+
+def _shortcut_offset(idx: int, block: ShortcutBlock, total: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The offset after a kept shortcut whose summands' offsets add up to `total`."""
+    if block.activation == "linear":
+        return total
+    # act(x + c) differs from act(x) by a constant only where x is constant: in the removed
+    # channels, whose keep-size summands are both exactly 0
+    removed = torch.ones(len(total), dtype=torch.bool)
+    removed[kept] = False
+    offset = torch.zeros_like(total)
+    offset[removed] = make_activation(block.activation)(total[removed])
+    if total[~removed].abs().max() > 0:
+        log.warning("shortcut %d has a %s activation: a constant reaching its kept channels is dropped", idx, block.activation)
+    return offset
+
+
+def _route_offset(block: RouteBlock, parts: list[torch.Tensor]) -> torch.Tensor:
+    if block.groups > 1:
+        parts = [part.chunk(block.groups)[block.group_id] for part in parts]
+    return torch.cat(parts)
+
+
 def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Tensor]:
     """A keep-size state dict: removed channels have γ = β = 0 (so they output exactly 0) and their
     constants act(β) are folded into the layers that read them. `model` is not changed. The state
@@ -131,7 +117,7 @@ def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Te
     offsets: list[torch.Tensor | None] = []  # per layer output: original minus keep-size, per channel
 
     def offset_or_zeros(idx: int) -> torch.Tensor:
-        channels = cfg.net.channels if idx < 0 else model.out_channels[idx]
+        channels = cfg.channels_of(idx)
         found = None if idx < 0 else offsets[idx]
         return found if found is not None else torch.zeros(channels, dtype=torch.float64)
 
@@ -141,51 +127,18 @@ def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Te
             incoming = [None if j < 0 else offsets[j] for j in inputs]
             offset: torch.Tensor | None = None
             if isinstance(block, ConvBlock):
-                prefix = f"layers.{idx}."
-                if incoming[0] is not None:
-                    shift = _conv_input_shift(state[prefix + "conv.weight"], incoming[0], block.groups)
-                    if block.batch_normalize:
-                        state[prefix + "bn.running_mean"] -= shift.to(state[prefix + "bn.running_mean"].dtype)
-                    else:
-                        state[prefix + "conv.bias"] += shift.to(state[prefix + "conv.bias"].dtype)
-                mask = removed_masks.get(idx)
-                if mask is not None and mask.any():
-                    beta = state[prefix + "bn.bias"]
-                    offset = torch.zeros(block.filters, dtype=torch.float64)
-                    offset[mask] = make_activation(block.activation)(beta[mask].double())
-                    state[prefix + "bn.weight"][mask] = 0
-                    beta[mask] = 0
-            elif isinstance(block, ShortcutBlock):
-                if idx in removed_shortcuts:
-                    residual = removed_shortcuts[idx]
-                    offset = offset_or_zeros(residual.first - 1) + offset_or_zeros(residual.second)
-                elif incoming[0] is not None or incoming[1] is not None:
-                    total = offset_or_zeros(inputs[0]) + offset_or_zeros(inputs[1])
-                    if block.activation == "linear":
-                        offset = total
-                    else:
-                        # act(x + c) differs from act(x) by a constant only where x is constant: in the
-                        # removed channels, whose keep-size summands are both exactly 0
-                        removed = torch.ones(len(total), dtype=torch.bool)
-                        removed[kept[idx]] = False
-                        offset = torch.zeros_like(total)
-                        offset[removed] = make_activation(block.activation)(total[removed])
-                        if total[~removed].abs().max() > 0:
-                            log.warning("shortcut %d has a %s activation: a constant reaching its kept channels is dropped", idx, block.activation)
-            elif isinstance(block, RouteBlock):
-                if any(o is not None for o in incoming):
-                    parts = []
-                    for j in inputs:
-                        part = offset_or_zeros(j)
-                        if block.groups > 1:
-                            part = part.chunk(block.groups)[block.group_id]
-                        parts.append(part)
-                    offset = torch.cat(parts)
+                offset = _fold_into_conv(state, f"layers.{idx}.", block, incoming[0], removed_masks.get(idx))
+            elif isinstance(block, ShortcutBlock) and idx in removed_shortcuts:
+                residual = removed_shortcuts[idx]
+                offset = offset_or_zeros(residual.first - 1) + offset_or_zeros(residual.second)
+            elif isinstance(block, ShortcutBlock) and (incoming[0] is not None or incoming[1] is not None):
+                offset = _shortcut_offset(idx, block, offset_or_zeros(inputs[0]) + offset_or_zeros(inputs[1]), kept[idx])
+            elif isinstance(block, RouteBlock) and any(o is not None for o in incoming):
+                offset = _route_offset(block, [offset_or_zeros(j) for j in inputs])
             elif isinstance(block, (UpsampleBlock, MaxpoolBlock)):
                 offset = incoming[0]
-            elif isinstance(block, YoloBlock):
-                if incoming[0] is not None and incoming[0].abs().max() > 0:
-                    log.warning("[yolo] %d reads a layer carrying a folded constant; it cannot absorb it", idx)
+            elif isinstance(block, YoloBlock) and incoming[0] is not None and incoming[0].abs().max() > 0:
+                log.warning("[yolo] %d reads a layer carrying a folded constant; it cannot absorb it", idx)
             offsets.append(offset if offset is not None and offset.abs().max() > 0 else None)
     return state
 
@@ -230,7 +183,7 @@ def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
         elif isinstance(block, RouteBlock):
             parts, offset = [], 0
             for j in inputs:
-                channels = cfg.net.channels if j < 0 else model.out_channels[j]
+                channels = cfg.channels_of(j)
                 indices = of(j)
                 if block.groups > 1:
                     width = channels // block.groups
@@ -283,12 +236,7 @@ def build_compact_model(model: Darknet, plan: PrunePlan, state: dict[str, torch.
     return compact.to(next(model.parameters()).device).train(model.training)
 
 
-def prune_model(model: Darknet, plan: PrunePlan) -> tuple[Darknet, dict]:
-    """Apply `plan` to `model` (left unchanged): the compact pruned model and its report (see
-    `prune.report.build_prune_report`)."""
-    from yoloprune.prune.report import build_prune_report
-
-    start = time.perf_counter()
-    pruned = build_compact_model(model, plan)
-    report = build_prune_report(model, pruned, plan, apply_seconds=time.perf_counter() - start)
-    return pruned, report
+def prune_model(model: Darknet, plan: PrunePlan) -> Darknet:
+    """Apply `plan` to `model` (left unchanged): the compact pruned model. What it changed is
+    described by `prune.report.build_prune_report(model, pruned, plan)`."""
+    return build_compact_model(model, plan)

@@ -4,8 +4,9 @@ within `max_map_drop` of the unpruned model.
 The search is a bisection over the global |γ| threshold, expressed as its rank among the candidate
 channels (the fraction removed): removing more channels never adds FLOPs, and accuracy is assumed to
 fall the further the threshold rises, so each trial halves the interval between the largest
-fraction known to pass and the smallest known to fail. Every trial prunes (with β folding), then
-optionally recalibrates BN and evaluates; the model given is never changed.
+fraction known to pass and the smallest known to fail. Every trial is pruned by the applier passed
+in (`prune.apply.prune_model`, with β folding; this module only plans), then optionally has its BN
+re-calibrated and is evaluated; the model given is never changed.
 
 With `search_blocks=True` a first bisection picks how many residual blocks to remove (lowest
 importance first, see `prune.layer`) within `BLOCK_SHARE` of the tolerance; the channel search then
@@ -28,8 +29,8 @@ from typing import Callable
 from yoloprune.darknet.graph import ResidualBlock, residual_blocks
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
-from yoloprune.prune.apply import prune_model
 from yoloprune.prune.channel import plan_channel_prune
+from yoloprune.prune.importance import Importance, bn_scale
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
 
@@ -60,7 +61,7 @@ class MapToleranceError(YoloPruneError):
             f"mAP@0.5 cannot stay within {max_map_drop:g} of the unpruned model's {baseline:.4f} "
             f"(floor {baseline - max_map_drop:.4f}): the closest trial, {closest.blocks} residual blocks removed "
             f"with {channels} (MACs x{closest.macs_ratio:.3f}), scores {closest.map50:.4f}; "
-            "use fewer --layers or a larger --max-map-drop"
+            "remove fewer residual blocks (`layers`) or allow a larger drop (`max_map_drop`)"
         )
 
 
@@ -75,11 +76,48 @@ class AutoPruneResult:
         return {"map50_before": self.map50_before, "map50_after": self.map50_after, "trials": [asdict(t) for t in self.trials]}
 
 
+class _Trials:
+    """Plans, scores and records the trials of one search; the model given is never changed."""
+
+    def __init__(self, model: Darknet, evaluate_map50, apply, recalibrate, max_map_drop: float, plan_options: dict):
+        self.model, self.evaluate_map50, self.apply, self.recalibrate = model, evaluate_map50, apply, recalibrate
+        self.max_map_drop = max_map_drop
+        self.plan_options = plan_options  # mode, min_keep, round_to, img_size, importance
+        self.trials: list[AutoTrial] = []
+
+    def plan(self, ratio: float, blocks: list[ResidualBlock]) -> PrunePlan:
+        plan = plan_channel_prune(self.model, ratio=ratio, removed_blocks=blocks, **self.plan_options)
+        plan.settings.update(max_map_drop=self.max_map_drop, auto=True)
+        return plan
+
+    def least_important_blocks(self, count: int) -> list[ResidualBlock]:
+        return plan_layer_prune(self.model, count, importance=self.plan_options["importance"])
+
+    def run(self, plan: PrunePlan, ratio: float, floor: float) -> AutoTrial:
+        """Prune by `plan`, (re-calibrate,) evaluate, and record it as accepted when it scores >= `floor`."""
+        pruned = self.apply(self.model, plan)
+        if self.recalibrate is not None:
+            self.recalibrate(pruned)
+        map50 = float(self.evaluate_map50(pruned))
+        trial = AutoTrial(
+            ratio, plan.threshold, plan.macs_after / plan.macs_before, plan.params_after / plan.params_before, map50, map50 >= floor,
+            len(plan.removed_blocks),
+        )
+        self.trials.append(trial)
+        log.info(
+            "auto prune: blocks %d  ratio %.4f  MACs x%.3f  mAP@0.5 %.4f  %s",
+            trial.blocks, ratio, trial.macs_ratio, map50, "ok" if trial.accepted else "too low",
+        )
+        return trial
+
+
 def search_max_pruning(
     model: Darknet,
     evaluate_map50: Callable[[Darknet], float],
     max_map_drop: float,
     mode: str = "full",
+    *,
+    apply: Callable[[Darknet, PrunePlan], Darknet],
     min_keep: float = 1,
     round_to: int = 1,
     img_size: int | None = None,
@@ -87,116 +125,63 @@ def search_max_pruning(
     steps: int = 7,
     recalibrate: Callable[[Darknet], object] | None = None,
     search_blocks: bool = False,
+    importance: Importance = bn_scale,
 ) -> AutoPruneResult:
     """Bisection (`steps` trials after the baseline) for the largest removed fraction of candidate
     channels whose pruned model scores `evaluate_map50(model) >= baseline - max_map_drop`.
-    `recalibrate(pruned)`, when given, runs on every trial model before it is evaluated.
+    Every trial model is `apply(model, plan)` (`prune.apply.prune_model`: the search itself only plans);
+    `recalibrate(pruned)`, when given, runs on it before it is evaluated.
     `search_blocks=True` first chooses the residual blocks to remove (instead of `removed_blocks`)."""
     if max_map_drop < 0:
         raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
     if search_blocks and removed_blocks:
         raise ValueError("give removed_blocks or search_blocks=True, not both")
-
-    def plan_at(ratio: float, blocks=None) -> PrunePlan:
-        blocks = removed_blocks if blocks is None else blocks
-        plan = plan_channel_prune(model, mode, ratio=ratio, min_keep=min_keep, round_to=round_to, img_size=img_size, removed_blocks=blocks)
-        plan.settings.update(max_map_drop=max_map_drop, auto=True)
-        return plan
-
-    def score(plan: PrunePlan) -> float:
-        pruned, _ = prune_model(model, plan)
-        if recalibrate is not None:
-            recalibrate(pruned)
-        return float(evaluate_map50(pruned))
-
-    def record(plan: PrunePlan, ratio: float, map50: float, accepted: bool) -> None:
-        trials.append(AutoTrial(
-            ratio, plan.threshold, plan.macs_after / plan.macs_before, plan.params_after / plan.params_before, map50, accepted,
-            len(plan.removed_blocks),
-        ))
-        log.info(
-            "auto prune: blocks %d  ratio %.4f  MACs x%.3f  mAP@0.5 %.4f  %s",
-            trials[-1].blocks, ratio, trials[-1].macs_ratio, map50, "ok" if accepted else "too low",
-        )
-
-    trials: list[AutoTrial] = []
+    plan_options = dict(mode=mode, min_keep=min_keep, round_to=round_to, img_size=img_size, importance=importance)
+    trials = _Trials(model, evaluate_map50, apply, recalibrate, max_map_drop, plan_options)
     baseline = float(evaluate_map50(model))
     floor = baseline - max_map_drop
     log.info("auto prune: baseline mAP@0.5 %.4f, accepting >= %.4f", baseline, floor)
     # The starting plan: no channels, and no blocks unless a fixed count was given. Without blocks it
     # is the unpruned model, whose score is the baseline itself (no evaluation needed).
-    best_plan, best_map = plan_at(0.0), baseline
+    best_plan, best_map = trials.plan(0.0, list(removed_blocks)), baseline
     if search_blocks:
-        # Integer bisection on the block count: `passing` blocks are known to pass, `failing` to fail.
-        passing, failing = 0, len(residual_blocks(model.cfg)) + 1
-        while failing - passing > 1:
-            count = (passing + failing) // 2
-            plan = plan_at(0.0, plan_layer_prune(model, count))
-            map50 = score(plan)
-            accepted = map50 >= baseline - BLOCK_SHARE * max_map_drop
-            record(plan, 0.0, map50, accepted)
-            if accepted:
-                passing, best_plan, best_map = count, plan, map50
-            else:
-                failing = count
-        removed_blocks = best_plan.removed_blocks
+        best_plan, best_map = _search_block_count(trials, baseline - BLOCK_SHARE * max_map_drop, best_plan, best_map)
     elif removed_blocks:
-        best_map = score(best_plan)
-        record(best_plan, 0.0, best_map, best_map >= floor)
+        best_map = trials.run(best_plan, 0.0, floor).map50
         if best_map < floor:
             # every channel trial removes these blocks and more: none can do better, so stop here
-            raise MapToleranceError(baseline, max_map_drop, max(trials, key=lambda t: t.map50))
+            raise MapToleranceError(baseline, max_map_drop, max(trials.trials, key=lambda t: t.map50))
+    best_plan, best_map = _search_channel_ratio(trials, floor, steps, best_plan, best_map)
+    assert best_map >= floor, f"auto prune returned mAP@0.5 {best_map} under the floor {floor}"
+    return AutoPruneResult(best_plan, baseline, best_map, trials.trials)
+
+
+def _search_block_count(trials: _Trials, floor: float, best_plan: PrunePlan, best_map: float) -> tuple[PrunePlan, float]:
+    """Integer bisection on how many residual blocks go (lowest importance first), no channels removed."""
+    passing, failing = 0, len(residual_blocks(trials.model.cfg)) + 1  # known to pass / to fail
+    while failing - passing > 1:
+        count = (passing + failing) // 2
+        plan = trials.plan(0.0, trials.least_important_blocks(count))
+        trial = trials.run(plan, 0.0, floor)
+        if trial.accepted:
+            passing, best_plan, best_map = count, plan, trial.map50
+        else:
+            failing = count
+    return best_plan, best_map
+
+
+def _search_channel_ratio(trials: _Trials, floor: float, steps: int, best_plan: PrunePlan, best_map: float) -> tuple[PrunePlan, float]:
+    """Bisection on the removed fraction of candidate channels, on top of `best_plan`'s blocks."""
+    blocks = best_plan.removed_blocks
     low, high = 0.0, 1.0  # low: largest fraction known to pass; high: smallest known to fail (or 1)
     for step in range(steps):
         ratio = high if step == 0 else (low + high) / 2  # try everything first: it may already pass
-        plan = plan_at(ratio)
-        map50 = score(plan)
-        accepted = map50 >= floor
-        record(plan, ratio, map50, accepted)
-        if accepted:
-            low, best_plan, best_map = ratio, plan, map50
+        plan = trials.plan(ratio, blocks)
+        trial = trials.run(plan, ratio, floor)
+        if trial.accepted:
+            low, best_plan, best_map = ratio, plan, trial.map50
             if step == 0:
                 break
         else:
             high = ratio
-    assert best_map >= floor, f"auto prune returned mAP@0.5 {best_map} under the floor {floor}"
-    return AutoPruneResult(best_plan, baseline, best_map, trials)
-
-
-def make_map50_evaluator(
-    data: str,
-    img_size: int,
-    batch_size: int = 8,
-    device: str = "cpu",
-    workers: int = 0,
-    max_images: int | None = None,
-) -> Callable[[Darknet], float]:
-    """mAP@0.5 on the valid list of a .data file (COCO protocol), as a function of the model."""
-    from yoloprune.data.dataset import create_dataloader, load_data_spec
-    from yoloprune.errors import DataError
-    from yoloprune.eval.evaluate import evaluate_model
-
-    spec = load_data_spec(data)
-    loader = create_dataloader(spec.valid, img_size, batch_size, augment=False, workers=workers, shuffle=False, num_classes=spec.classes)
-    if max_images is not None:
-        batches = list(_take_images(loader, max_images))
-    else:
-        batches = loader
-
-    def evaluate(model: Darknet) -> float:
-        if model.num_classes != spec.classes:
-            raise DataError(f"dataset has {spec.classes} classes, the model predicts {model.num_classes}", spec.path)
-        return evaluate_model(model, batches, device=device, progress=False).map50
-
-    return evaluate
-
-
-def _take_images(loader, max_images: int):
-    seen = 0
-    for images, targets, paths in loader:
-        if seen >= max_images:
-            break
-        keep = min(len(images), max_images - seen)
-        targets = targets[targets[:, 0] < keep]
-        yield images[:keep], targets, paths[:keep]
-        seen += keep
+    return best_plan, best_map

@@ -1,4 +1,7 @@
-"""Channel pruning plans: rank candidate channels by |γ| and cut by a global threshold or a budget.
+"""Channel pruning plans: rank candidate channels by importance and cut by a global threshold or a budget.
+
+Importance is a callable passed in (`importance=`, default `prune.importance.bn_scale`: |γ|), giving
+one score per output channel of every batch-normalised conv; below, |γ| stands for that score.
 
 Candidates (`mode`):
 - "safe": the seed's rule (`darknet.graph.safe_prunable_conv_indices`); every candidate conv is
@@ -39,14 +42,17 @@ import torch
 from yoloprune.darknet.graph import (
     ResidualBlock,
     analyze_graph,
+    conv_macs,
     count_cfg_macs,
     count_cfg_params,
     infer_output_hw,
     prunable_conv_indices,
 )
+from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.model import Darknet
-from yoloprune.prune.apply import build_pruned_cfg
-from yoloprune.prune.plan import PRUNE_MODES, PrunePlan
+from yoloprune.prune.importance import Importance, bn_scale
+from yoloprune.prune.plan import PrunePlan
+from yoloprune.prune.settings import PRUNE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +73,6 @@ class _Unit:
         return int(self.importance.numel())
 
 
-def bn_gammas(model: Darknet) -> dict[int, torch.Tensor]:
-    """|γ| of every batch-normalised conv, as float64 on the CPU."""
-    return {
-        idx: layer.bn.weight.detach().abs().double().cpu()
-        for idx, layer in enumerate(model.layers)
-        if getattr(layer, "bn", None) is not None
-    }
-
-
 def min_keep_count(min_keep: float, channels: int) -> int:
     """Channels a conv keeps at least: `min_keep` < 1 is a fraction of `channels`, else a count; ≥ 1."""
     if min_keep < 0:
@@ -84,27 +81,38 @@ def min_keep_count(min_keep: float, channels: int) -> int:
     return max(1, min(channels, wanted))
 
 
-def _candidate_units(model: Darknet, mode: str, removed_layers: set[int], min_keep: float, img_size: int) -> list[_Unit]:
-    gammas = bn_gammas(model)
+def _channel_scores(model: Darknet, importance: Importance) -> dict[int, torch.Tensor]:
+    """`importance(model)` as float64 on the CPU (the ranking sorts with numpy), checked against the widths."""
+    scores = {}
+    for idx, values in importance(model).items():
+        scores[idx] = torch.as_tensor(values).detach().double().cpu().reshape(-1)
+        if scores[idx].numel() != model.out_channels[idx]:
+            raise ValueError(f"importance gives {scores[idx].numel()} scores for layer {idx}, which has {model.out_channels[idx]} channels")
+    return scores
+
+
+def _candidate_units(
+    model: Darknet, scores: dict[int, torch.Tensor], mode: str, removed_layers: set[int], min_keep: float, img_size: int
+) -> list[_Unit]:
     cfg = model.cfg
     sizes = infer_output_hw(cfg, (img_size, img_size))
     units: list[_Unit] = []
     if mode == "safe":
         for idx in prunable_conv_indices(model.cfg, "safe"):
             if idx not in removed_layers:
-                units.append(_Unit((idx,), gammas[idx]))
+                units.append(_Unit((idx,), scores[idx]))
     else:
         for group in analyze_graph(model.cfg).prunable_groups():
             members = tuple(idx for idx in group.convs if idx not in removed_layers)
             if members:
-                importance = torch.stack([gammas[idx] for idx in members]).amax(dim=0)
+                importance = torch.stack([scores[idx] for idx in members]).amax(dim=0)
                 units.append(_Unit(members, importance))
     for unit in units:
         unit.min_keep = min_keep_count(min_keep, unit.channels)
         for idx in unit.convs:
-            j, block = cfg.inputs_of(idx)[0], cfg.layers[idx]
-            in_channels = cfg.net.channels if j < 0 else model.out_channels[j]
-            unit.channel_macs += sizes[idx][0] * sizes[idx][1] * block.size**2 * in_channels // block.groups
+            # one output channel's share of the conv's cost
+            block = cfg.layers[idx]
+            unit.channel_macs += conv_macs(block, cfg.in_channels(idx), sizes[idx]) // block.filters
     return units
 
 
@@ -165,6 +173,22 @@ def _filters_for(units: list[_Unit], counts: list[int]) -> dict[int, int]:
     return {idx: count for unit, count in zip(units, counts) for idx in unit.convs}
 
 
+def _check_amount(mode: str, ratio, threshold, target_flops, target_params, round_to: int) -> None:
+    if mode not in PRUNE_MODES:
+        raise ValueError(f"mode must be one of {PRUNE_MODES}, got {mode!r}")
+    amounts = {"ratio": ratio, "threshold": threshold, "target_flops": target_flops, "target_params": target_params}
+    given = [name for name, value in amounts.items() if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of ratio, threshold, target_flops, target_params, not {' and '.join(given)}")
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    for name, value in (("target_flops", target_flops), ("target_params", target_params)):
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+
+
 def plan_channel_prune(
     model: Darknet,
     mode: str = "safe",
@@ -176,28 +200,19 @@ def plan_channel_prune(
     round_to: int = 1,
     img_size: int | None = None,
     removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (),
+    importance: Importance = bn_scale,
 ) -> PrunePlan:
     """Plan which channels to remove (see the module docstring). At most one of `ratio`,
     `threshold` (remove channels whose importance is below it), `target_flops`, `target_params`;
     with none, no channel is removed (a layer-only plan).
-    `removed_blocks` (from `prune.layer.plan_layer_prune`) are taken out first and count towards a budget."""
-    if mode not in PRUNE_MODES:
-        raise ValueError(f"mode must be one of {PRUNE_MODES}, got {mode!r}")
-    given = [name for name, value in (("ratio", ratio), ("threshold", threshold), ("target_flops", target_flops), ("target_params", target_params)) if value is not None]
-    if len(given) > 1:
-        raise ValueError(f"give one of ratio, target_flops, target_params, not {' and '.join(given)}")
-    if ratio is not None and not 0 <= ratio <= 1:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    for name, value in (("target_flops", target_flops), ("target_params", target_params)):
-        if value is not None and not 0 < value <= 1:
-            raise ValueError(f"{name} must be in (0, 1], got {value}")
-    if round_to < 1:
-        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    `removed_blocks` (from `prune.layer.plan_layer_prune`) are taken out first and count towards a budget.
+    `importance(model)` scores every channel (`prune.importance`); the lowest scores go first."""
+    _check_amount(mode, ratio, threshold, target_flops, target_params, round_to)
     cfg = model.cfg
     img_size = img_size or cfg.net.width
     removed_blocks = list(removed_blocks)
     removed_layers = {idx for block in removed_blocks for idx in block.layers}
-    units = _candidate_units(model, mode, removed_layers, min_keep, img_size)
+    units = _candidate_units(model, _channel_scores(model, importance), mode, removed_layers, min_keep, img_size)
     ranking = _Ranking(units)
 
     def cost(removed: int) -> tuple[int, int]:
@@ -211,26 +226,14 @@ def plan_channel_prune(
     elif threshold is not None:
         removed = ranking.count_below(threshold)
     elif target_flops is not None or target_params is not None:
-        target = target_flops if target_flops is not None else target_params
-        which = 0 if target_flops is not None else 1
-        before = (macs_before, params_before)[which]
-        removed = _search_budget(lambda k: cost(k)[which] / before, ranking.size, target)
-        achieved = cost(removed)[which] / before
-        settings["achieved"] = achieved
-        if abs(achieved / target - 1) > BUDGET_TOLERANCE:
-            log.warning(
-                "budget %s=%.4f not reachable within %.0f %% in %s mode (min_keep=%s, round_to=%s): got %.4f",
-                "target_flops" if which == 0 else "target_params", target, 100 * BUDGET_TOLERANCE, mode, min_keep, round_to, achieved,
-            )
+        removed = _fit_budget(cost, (macs_before, params_before), ranking.size, settings, mode)
     else:
         removed = 0
-    counts = ranking.kept_counts(removed, round_to)
-    kept = ranking.kept_channels(counts)
     macs_after, params_after = cost(removed)
     return PrunePlan(
         mode=mode,
         threshold=threshold if threshold is not None else (ranking.threshold(removed) if removed else None),
-        kept_channels=kept,
+        kept_channels=ranking.kept_channels(ranking.kept_counts(removed, round_to)),
         removed_blocks=removed_blocks,
         candidate_layers=sorted(idx for unit in units for idx in unit.convs),
         channels_before={idx: block.filters for idx, block in enumerate(cfg.layers) if hasattr(block, "filters")},
@@ -241,6 +244,25 @@ def plan_channel_prune(
         macs_before=macs_before,
         macs_after=macs_after,
     )
+
+
+def _fit_budget(cost, cost_before: tuple[int, int], candidates: int, settings: dict, mode: str) -> int:
+    """How many lowest-ranked channels to remove so that the MACs (settings' target_flops) or the
+    parameters (target_params) land on the target fraction of `cost_before`; `cost(k)` gives both
+    after removing k. Records the fraction reached as settings["achieved"]."""
+    which = 0 if settings["target_flops"] is not None else 1
+    name = ("target_flops", "target_params")[which]
+    target = settings[name]
+    removed = _search_budget(lambda k: cost(k)[which] / cost_before[which], candidates, target)
+    achieved = cost(removed)[which] / cost_before[which]
+    settings["achieved"] = achieved
+    if abs(achieved / target - 1) > BUDGET_TOLERANCE:
+        # min_keep, rounding and the candidate set bound how far pruning can go: say so rather than fail
+        log.warning(
+            "budget %s=%.4f not reachable within %.0f %% in %s mode (min_keep=%s, round_to=%s): got %.4f",
+            name, target, 100 * BUDGET_TOLERANCE, mode, settings["min_keep"], settings["round_to"], achieved,
+        )
+    return removed
 
 
 def _search_budget(fraction_after, candidates: int, target: float) -> int:

@@ -14,8 +14,6 @@ from pathlib import Path
 from yoloprune.darknet.graph import ResidualBlock
 from yoloprune.fileio import atomic_write_text
 
-PRUNE_MODES = ("safe", "full")
-
 
 def format_json(data: dict) -> str:
     """JSON with one top-level key per line, and one line per entry of a top-level list or dict

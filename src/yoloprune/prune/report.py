@@ -1,88 +1,155 @@
-"""What pruning did, as data and as files: report.json, channels.png, the pruned cfg/weights/checkpoint."""
+"""What pruning did, as data (`PruneReport`, saved as report.json) and as files: the pruned
+cfg/weights/checkpoint. The channels-per-layer chart is drawn from a report by `viz.channels`."""
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from yoloprune.darknet.cfg import ConvBlock, save_cfg
 from yoloprune.darknet.graph import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
-from yoloprune.fileio import atomic_output, atomic_write_text
+from yoloprune.errors import YoloPruneError
+from yoloprune.fileio import atomic_write_text
 from yoloprune.prune.plan import PrunePlan, format_json
 
 log = logging.getLogger(__name__)
 
-PRUNED_FILES = ("pruned.cfg", "pruned.weights", "pruned.pt", "report.json", "channels.png")  # what write_prune_outputs writes
+PRUNED_FILES = ("pruned.cfg", "pruned.weights", "pruned.pt", "report.json")  # what write_prune_outputs writes
+
+# Written only by a run that did them (timed the planning, re-calibrated BN, searched by mAP).
+_RUN_ONLY_FIELDS = ("plan_seconds", "calibrated_images", "auto")
 
 
-def build_prune_report(model: Darknet, pruned: Darknet, plan: PrunePlan, apply_seconds: float | None = None) -> dict:
-    """Per conv layer channels before/after; params and MACs (multiply-adds at plan.img_size) before/after."""
-    params_before, params_after = count_parameters(model), count_parameters(pruned)
-    macs_before, macs_after = count_cfg_macs(model.cfg, plan.img_size), count_cfg_macs(pruned.cfg, plan.img_size)
-    layers = []
-    for idx, block in enumerate(model.cfg.layers):
-        if isinstance(block, ConvBlock):
-            layers.append(
-                {
-                    "layer": idx,
-                    "channels_before": block.filters,
-                    "channels_after": plan.channels_after(idx),
-                    "candidate": idx in plan.candidate_layers,
-                    "removed": idx in plan.removed_layers,
-                }
-            )
-    return {
-        "mode": plan.mode,
-        "threshold": plan.threshold,
-        "settings": plan.settings,
-        "img_size": plan.img_size,
-        "params_before": params_before,
-        "params_after": params_after,
-        "params_ratio": params_after / params_before,
-        "macs_before": macs_before,
-        "macs_after": macs_after,
-        "macs_ratio": macs_after / macs_before,
-        "bflops_before": 2 * macs_before / 1e9,  # darknet's convention: 2 x MACs
-        "bflops_after": 2 * macs_after / 1e9,
-        "channels_removed": plan.pruned_channel_count,
-        "candidate_layers": len(plan.candidate_layers),
-        "layers_pruned": len(plan.kept_channels),
-        "removed_blocks": [list(block.layers) for block in plan.removed_blocks],
-        "apply_seconds": apply_seconds,
-        "layers": layers,
-    }
+@dataclass
+class LayerChannels:
+    """One conv layer of the original network: its channels before and after pruning."""
+
+    layer: int  # cfg index
+    channels_before: int
+    channels_after: int  # 0 when its residual block is removed
+    candidate: bool  # its channels could be removed
+    removed: bool  # it went with its residual block
 
 
-def plot_channels(report: dict, path: str | Path) -> None:
-    """Bar chart of each conv layer's channels before (light) and after (dark) pruning."""
-    import matplotlib
+@dataclass
+class PruneReport:
+    """Per conv layer channels before/after; params and MACs (multiply-adds at img_size) before/after.
+    `to_dict()` is report.json's content, in its key order."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    mode: str
+    threshold: float | None
+    settings: dict  # the plan's settings: how it was made
+    img_size: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    channels_removed: int
+    candidate_layers: int  # how many convs were candidates
+    layers_pruned: int  # how many convs lost channels
+    removed_blocks: list[list[int]]  # the cfg indices of each removed residual block
+    layers: list[LayerChannels] = field(default_factory=list)
+    apply_seconds: float | None = None
+    plan_seconds: float | None = None
+    calibrated_images: int | None = None
+    auto: dict | None = None  # `prune.auto.AutoPruneResult.to_dict()`
 
-    rows = report["layers"]
-    positions = list(range(len(rows)))
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.16 * len(rows)), 4.0))
-    ax.bar(positions, [r["channels_before"] for r in rows], color="#bcd4ea", label="before")
-    ax.bar(positions, [r["channels_after"] for r in rows], color="#1f5b94", label="after")
-    step = max(1, len(rows) // 25)
-    ax.set_xticks(positions[::step], [str(r["layer"]) for r in rows][::step], fontsize=7)
-    ax.set_xlabel("conv layer (cfg index)")
-    ax.set_ylabel("channels")
-    title = f"{report['mode']} pruning: params x{report['params_ratio']:.3f}, MACs x{report['macs_ratio']:.3f}"
-    if report["removed_blocks"]:
-        title += f", {len(report['removed_blocks'])} residual blocks removed"
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before
+
+    @property
+    def bflops_before(self) -> float:
+        return 2 * self.macs_before / 1e9  # darknet's convention: 2 x MACs
+
+    @property
+    def bflops_after(self) -> float:
+        return 2 * self.macs_after / 1e9
+
+    def to_dict(self) -> dict:
+        data = {
+            "mode": self.mode,
+            "threshold": self.threshold,
+            "settings": self.settings,
+            "img_size": self.img_size,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "params_ratio": self.params_ratio,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "macs_ratio": self.macs_ratio,
+            "bflops_before": self.bflops_before,
+            "bflops_after": self.bflops_after,
+            "channels_removed": self.channels_removed,
+            "candidate_layers": self.candidate_layers,
+            "layers_pruned": self.layers_pruned,
+            "removed_blocks": self.removed_blocks,
+            "apply_seconds": self.apply_seconds,
+            "layers": [asdict(row) for row in self.layers],
+        }
+        for name in _RUN_ONLY_FIELDS:
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruneReport":
+        """The report of `to_dict()`; the ratios and BFLOPs in `data` are recomputed, not read."""
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in data]
+        if missing:
+            raise ValueError(f"not a prune report: no {', '.join(missing)}")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["layers"] = [LayerChannels(**row) for row in data.get("layers", [])]
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return format_json(self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PruneReport":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as error:
+            raise YoloPruneError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        except (ValueError, TypeError) as error:
+            raise YoloPruneError(f"{path}: {error}") from None
 
 
-def write_prune_outputs(out_dir: str | Path, pruned: Darknet, report: dict, plan: PrunePlan | None = None) -> dict[str, Path]:
-    """Write pruned.cfg, pruned.weights, pruned.pt, report.json and channels.png into `out_dir`."""
+def build_prune_report(model: Darknet, pruned: Darknet, plan: PrunePlan, apply_seconds: float | None = None) -> PruneReport:
+    """What applying `plan` to `model` gave `pruned`: counted on the two models, not predicted."""
+    layers = [
+        LayerChannels(idx, block.filters, plan.channels_after(idx), idx in plan.candidate_layers, idx in plan.removed_layers)
+        for idx, block in enumerate(model.cfg.layers)
+        if isinstance(block, ConvBlock)
+    ]
+    return PruneReport(
+        mode=plan.mode,
+        threshold=plan.threshold,
+        settings=plan.settings,
+        img_size=plan.img_size,
+        params_before=count_parameters(model),
+        params_after=count_parameters(pruned),
+        macs_before=count_cfg_macs(model.cfg, plan.img_size),
+        macs_after=count_cfg_macs(pruned.cfg, plan.img_size),
+        channels_removed=plan.pruned_channel_count,
+        candidate_layers=len(plan.candidate_layers),
+        layers_pruned=len(plan.kept_channels),
+        removed_blocks=[list(block.layers) for block in plan.removed_blocks],
+        layers=layers,
+        apply_seconds=apply_seconds,
+    )
+
+
+def write_prune_outputs(out_dir: str | Path, pruned: Darknet, report: PruneReport, plan: PrunePlan | None = None) -> dict[str, Path]:
+    """Write pruned.cfg, pruned.weights, pruned.pt and report.json into `out_dir`."""
     from yoloprune.darknet.weights import save_checkpoint, save_darknet_weights
 
     out_dir = Path(out_dir)
@@ -90,10 +157,9 @@ def write_prune_outputs(out_dir: str | Path, pruned: Darknet, report: dict, plan
     paths = {name: out_dir / name for name in PRUNED_FILES}
     save_cfg(pruned.cfg, paths["pruned.cfg"])
     save_darknet_weights(pruned, paths["pruned.weights"])
-    meta = {"pruned": {k: v for k, v in report.items() if k != "layers"}}
+    meta = {"pruned": {k: v for k, v in report.to_dict().items() if k != "layers"}}
     if plan is not None:
         meta["plan"] = plan.to_dict()
     save_checkpoint(paths["pruned.pt"], pruned, meta=meta)
-    atomic_write_text(paths["report.json"], format_json(report) + "\n")
-    plot_channels(report, paths["channels.png"])
+    atomic_write_text(paths["report.json"], report.to_json() + "\n")
     return paths

@@ -21,112 +21,52 @@ from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
 from yoloprune.fileio import atomic_directory
 from yoloprune.prune.apply import prune_model
-from yoloprune.prune.auto import AutoPruneResult, make_map50_evaluator, search_max_pruning
+from yoloprune.prune.auto import AutoPruneResult, search_max_pruning
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
-from yoloprune.prune.report import PRUNED_FILES, write_prune_outputs
+from yoloprune.prune.report import PRUNED_FILES, PruneReport, build_prune_report, write_prune_outputs
+from yoloprune.prune.settings import PruneSettings
+from yoloprune.settings import resolve_device
+from yoloprune.viz.channels import plot_channels
 
 log = logging.getLogger(__name__)
 
-# BN re-calibration after pruning, on by default when training images are at hand: on the demo's
-# sparse model it raised the no-finetune mAP@0.5 at every MACs budget tried (docs/pruning-comparison.md).
-DEFAULT_CALIBRATION_IMAGES = 256
-
-AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "max_map_drop")
-
-OUTPUT_FILES = ("plan.json", *PRUNED_FILES)  # all a pruning run writes into its output folder
-
-
-@dataclass
-class PruneSettings:
-    """How much and what to prune; field names match the `prune` command's flags."""
-
-    mode: str = "full"
-    ratio: float | None = None
-    threshold: float | None = None
-    target_flops: float | None = None
-    target_params: float | None = None
-    max_map_drop: float | None = None
-    min_keep: float = 1
-    round_to: int = 1
-    layers: int | str = 0  # residual blocks to remove, or "auto" (chosen by the mAP search)
-    calibrate: int | None = None  # images for BN re-calibration; None: DEFAULT_CALIBRATION_IMAGES with data, else 0
-    data: str | None = None
-    img_size: int | None = None
-    batch: int = 8
-    workers: int = 0
-    auto_steps: int = 7
-    device: str = "cpu"
-    plan_only: bool = False
-
-    def validate(self) -> None:
-        def fail(message: str) -> None:
-            raise YoloPruneError(message)
-
-        if self.mode not in ("safe", "full"):
-            fail(f"mode must be 'safe' or 'full', got {self.mode!r}")
-        given = [name for name in AMOUNT_SETTINGS if getattr(self, name) is not None]
-        if len(given) > 1:
-            fail("give one of --ratio, --threshold, --target-flops, --target-params, --max-map-drop; got " + ", ".join(given))
-        if self.ratio is not None and not 0 <= self.ratio <= 1:
-            fail(f"--ratio must lie in [0, 1], got {self.ratio}")
-        for name in ("target_flops", "target_params"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value <= 1:
-                fail(f"--{name.replace('_', '-')} must lie in (0, 1], got {value}")
-        if self.threshold is not None and self.threshold < 0:
-            fail(f"--threshold must be >= 0, got {self.threshold}")
-        if self.max_map_drop is not None and (self.max_map_drop < 0 or not self.data):
-            fail("--max-map-drop needs a non-negative value and --data")
-        if self.min_keep < 0 or (self.min_keep >= 1 and self.min_keep != int(self.min_keep)):
-            fail(f"--min-keep must be a fraction in [0, 1) or a whole count, got {self.min_keep}")
-        if self.layers == "auto" and self.max_map_drop is None:
-            fail("--layers auto needs --max-map-drop (the block count is chosen by validation mAP)")
-        if self.layers != "auto" and not isinstance(self.layers, int):
-            fail(f"--layers must be a block count or 'auto', got {self.layers!r}")
-        if self.round_to < 1 or (self.layers != "auto" and self.layers < 0) or self.calibration_images() < 0 or self.batch < 1 or self.auto_steps < 1:
-            fail("--round, --batch and --auto-steps must be >= 1; --layers and --calibrate >= 0")
-        if self.calibration_images() and not self.data:
-            fail("--calibrate needs --data (its training images)")
-        if self.img_size is not None and (self.img_size <= 0 or self.img_size % 32):
-            fail(f"--img-size must be a positive multiple of 32, got {self.img_size}")
-        if not given and not self.layers:
-            fail("say how much to prune: --ratio, --threshold, --target-flops, --target-params, --max-map-drop or --layers")
-        self.torch_device()
-
-    def calibration_images(self) -> int:
-        if self.calibrate is not None:
-            return self.calibrate
-        return DEFAULT_CALIBRATION_IMAGES if self.data else 0
-
-    def torch_device(self) -> torch.device:
-        try:
-            return torch.device(self.device)
-        except RuntimeError:
-            raise YoloPruneError(f"--device {self.device!r} is not a device name") from None
+OUTPUT_FILES = ("plan.json", *PRUNED_FILES, "channels.png")  # all a pruning run writes into its output folder
 
 
 @dataclass
 class PruneOutcome:
     plan: PrunePlan
-    report: dict | None  # None with plan_only
+    report: PruneReport | None  # None with plan_only
     paths: dict[str, Path] = field(default_factory=dict)
     auto: AutoPruneResult | None = None
     pruned: Darknet | None = None
 
 
 def _make_recalibrator(settings: PruneSettings, img_size: int):
-    from yoloprune.data.dataset import create_dataloader, load_data_spec
+    from yoloprune.data.spec import load_data_spec
+    from yoloprune.eval.validator import image_loader
     from yoloprune.prune.calibrate import recalibrate_batchnorm
 
     spec = load_data_spec(settings.data)
+    device = resolve_device(settings.device)
 
     def recalibrate(model: Darknet) -> int:
-        loader = create_dataloader(spec.train, img_size, settings.batch, augment=False, workers=settings.workers, shuffle=True, skip_bad=True, seed=0)
-        return recalibrate_batchnorm(model, loader, settings.calibration_images(), settings.torch_device())
+        # The same shuffled training images for every trial (the loader's seed is fixed).
+        loader = image_loader(spec, "train", img_size, settings.batch, settings.workers, shuffle=True, skip_bad=True, device=device)
+        return recalibrate_batchnorm(model, loader, settings.calibration_images(), device)
 
     return recalibrate
+
+
+def make_map50_evaluator(settings: PruneSettings, img_size: int):
+    """mAP@0.5 on the valid split of `settings.data`, as a function of the model."""
+    from yoloprune.eval.settings import EvalSettings
+    from yoloprune.eval.validator import Validator
+
+    evaluation = EvalSettings(data=settings.data, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
+    return Validator(evaluation, progress=False).map50
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -160,10 +100,10 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
     common = dict(min_keep=settings.min_keep, round_to=settings.round_to, img_size=img_size, removed_blocks=blocks)
     auto_result = None
     if settings.max_map_drop is not None:
-        evaluate = make_map50_evaluator(settings.data, img_size, settings.batch, settings.torch_device(), settings.workers)
+        evaluate = make_map50_evaluator(settings, img_size)
         auto_result = search_max_pruning(
-            model, evaluate, settings.max_map_drop, settings.mode, steps=settings.auto_steps, recalibrate=recalibrate,
-            search_blocks=search_blocks, **common,
+            model, evaluate, settings.max_map_drop, settings.mode, apply=prune_model, steps=settings.auto_steps,
+            recalibrate=recalibrate, search_blocks=search_blocks, **common,
         )
         plan = auto_result.plan
     else:
@@ -187,13 +127,17 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
         plan.save(staging / "plan.json")
         written = ["plan.json"]
         if not settings.plan_only:
-            pruned, report = prune_model(model, plan)
-            report["plan_seconds"] = plan_seconds
+            apply_start = time.perf_counter()
+            pruned = prune_model(model, plan)
+            report = build_prune_report(model, pruned, plan, apply_seconds=time.perf_counter() - apply_start)
+            report.plan_seconds = plan_seconds
             if recalibrate is not None:
-                report["calibrated_images"] = recalibrate(pruned)
+                report.calibrated_images = recalibrate(pruned)
             if auto_result is not None:
-                report["auto"] = auto_result.to_dict()
+                report.auto = auto_result.to_dict()
             written += list(write_prune_outputs(staging, pruned, report, plan))
+            plot_channels(report, staging / "channels.png")
+            written.append("channels.png")
         check_output_folder(out_dir)  # again: a file put there during the run would be deleted with the old folder
     paths = {name: out_dir / name for name in written}
     return PruneOutcome(plan, report, paths, auto_result, pruned)

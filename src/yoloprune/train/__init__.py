@@ -1,21 +1,22 @@
 """Training: the YOLOv3 loss, BN-γ sparsity, and one Trainer for baseline, sparse training and finetuning.
 
-`train(TrainConfig(...)) -> TrainResult` runs a whole training. Names load on first use, so importing
+`train(TrainSettings(...)) -> TrainResult` runs a whole training. Names load on first use, so importing
 the package does not import torch.
 """
 
 from __future__ import annotations
 
-import importlib
+from yoloprune.lazy import lazy_getattr
 
 _EXPORTS = {
-    "TrainConfig": "yoloprune.train.trainer",
+    "TrainSettings": "yoloprune.train.settings",
+    "TrainCallback": "yoloprune.train.trainer",
     "TrainResult": "yoloprune.train.trainer",
     "Trainer": "yoloprune.train.trainer",
     "TrainingDiverged": "yoloprune.train.trainer",
     "TrainingStopped": "yoloprune.train.trainer",
     "train": "yoloprune.train.trainer",
-    "read_metrics_csv": "yoloprune.train.trainer",
+    "read_metrics_csv": "yoloprune.train.metrics",
     "YoloLoss": "yoloprune.train.loss",
     "LossWeights": "yoloprune.train.loss",
     "apply_bn_sparsity": "yoloprune.train.sparsity",
@@ -25,9 +26,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -25,8 +25,8 @@ from torch import nn
 
 from yoloprune.darknet.cfg import DarknetCfg
 from yoloprune.darknet.graph import bn_conv_indices, safe_prunable_conv_indices
+from yoloprune.train.settings import SPARSITY_LAYER_SETS
 
-SPARSITY_LAYER_SETS = ("all", "safe")
 GAMMA_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 SMALL_GAMMA = 0.01  # |γ| below this counts as "pruned away" in the logged fraction
 # Log-spaced |γ| histogram bins for the per-epoch distribution figure; the first bin starts at 0.

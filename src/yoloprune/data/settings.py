@@ -1,0 +1,58 @@
+"""The `data synth` and `data show` settings: their defaults and checks, importable without cv2 or torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yoloprune.settings import check_img_size, is_whole, option, require
+
+
+@dataclass
+class SynthSettings:
+    """The synthetic hand dataset: the same settings and seed give byte-identical files."""
+
+    out: str = option(positional=True, help="output dataset folder")
+    train: int = option(1000, help="training images")
+    val: int = option(200, help="validation images")
+    img_size: int = option(256, help="image side in pixels, a multiple of 32")
+    seed: int = option(0, help="random seed")
+    max_hands: int = option(6, help="most hands in one image")
+    min_hand_scale: float = option(0.05, help="smallest hand box side as a share of the image (larger = easier)")
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val"):
+            require(is_whole(getattr(self, name)) and getattr(self, name) >= 0, name, "a whole number >= 0", getattr(self, name))
+        check_img_size(self.img_size)
+        require(is_whole(self.max_hands) and self.max_hands >= 1, "max_hands", "a whole number >= 1", self.max_hands)
+        require(0 < self.min_hand_scale < 1, "min_hand_scale", "a share of the image in (0, 1)", self.min_hand_scale)
+
+    def generate(self, progress: bool = True):
+        """Write the dataset; returns the path of its `.data` file."""
+        from yoloprune.data.synth import generate_synthetic_dataset
+
+        return generate_synthetic_dataset(
+            self.out, n_train=self.train, n_val=self.val, img_size=self.img_size, seed=self.seed,
+            max_hands=self.max_hands, min_hand_scale=self.min_hand_scale, progress=progress,
+        )
+
+
+@dataclass
+class ShowSettings:
+    """A grid of samples with their boxes, as the network will see them."""
+
+    data: str = option(positional=True, help="the .data file")
+    out: str = option(help="output PNG path")
+    split: str = option("train", choices=("train", "valid"), help="image list to draw from")
+    count: int = option(16, help="samples to draw")
+    columns: int = option(4, help="grid columns")
+    img_size: int = option(256, help="letterbox size, a multiple of 32")
+    augment: bool = option(False, help="show training augmentation")
+    mosaic: float = option(0.0, help="mosaic probability with --augment")
+    seed: int = option(0, help="random seed of the augmentation")
+    skip_bad: bool = option(False, help="log and skip bad images / labels")
+
+    def __post_init__(self) -> None:
+        for name in ("count", "columns"):
+            require(is_whole(getattr(self, name)) and getattr(self, name) >= 1, name, "a whole number >= 1", getattr(self, name))
+        check_img_size(self.img_size)
+        require(0 <= self.mosaic <= 1, "mosaic", "a probability in [0, 1]", self.mosaic)

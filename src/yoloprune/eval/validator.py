@@ -1,0 +1,70 @@
+"""The one validator: a dataset split, its loader, and the COCO-protocol score of any model on it.
+
+Training (per-epoch mAP), the pruning search (mAP of every trial), `bench`, `eval` and the pruner
+comparison all score models through `Validator`, so they read the same images the same way; BN
+re-calibration draws its (unlabelled) training images through `image_loader`, the same loader
+without the scoring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from yoloprune.data.spec import DataSpec, load_data_spec
+from yoloprune.errors import DataError
+from yoloprune.eval.evaluate import DetectionMetrics, evaluate_model
+from yoloprune.eval.settings import EvalSettings
+from yoloprune.settings import resolve_device
+
+def image_loader(
+    spec: DataSpec, split: str, img_size: int, batch: int, workers: int = 0, shuffle: bool = False,
+    skip_bad: bool = False, device: str = "cpu",
+):
+    """Letterboxed, un-augmented batches of one split (`shuffle` with a fixed seed: the same images
+    every run)."""
+    from yoloprune.data.dataset import create_dataloader
+
+    return create_dataloader(
+        spec.list_for(split), img_size, batch, workers=workers, shuffle=shuffle, skip_bad=skip_bad,
+        num_classes=spec.classes, pin_memory=str(device).startswith("cuda"), seed=0,
+    )
+
+
+class Validator:
+    """Scores models on one split of a dataset; the loader is built once and reused for every model.
+
+    `max_images` keeps the first images only (held in memory: a quick score for a search)."""
+
+    def __init__(self, settings: EvalSettings, max_images: int | None = None, progress: bool = True):
+        self.settings = settings
+        self.spec = load_data_spec(settings.data)
+        self.device = resolve_device(settings.device)
+        self.progress = progress
+        loader = image_loader(self.spec, settings.split, settings.img_size, settings.batch, settings.workers, skip_bad=settings.skip_bad, device=self.device)
+        self.batches = loader if max_images is None else list(_first_images(loader, max_images))
+
+    @property
+    def list_file(self) -> Path:
+        return self.spec.list_for(self.settings.split)
+
+    def __call__(self, model) -> DetectionMetrics:
+        if model.num_classes != self.spec.classes:
+            raise DataError(f"dataset has {self.spec.classes} classes, the model predicts {model.num_classes}", self.spec.path)
+        return evaluate_model(
+            model, self.batches, conf_thres=self.settings.conf, iou_thres=self.settings.iou, device=self.device, progress=self.progress,
+        )
+
+    def map50(self, model) -> float:
+        return self(model).map50
+
+
+def _first_images(loader, max_images: int) -> Iterator:
+    seen = 0
+    for images, targets, paths in loader:
+        if seen >= max_images:
+            break
+        keep = min(len(images), max_images - seen)
+        targets = targets[targets[:, 0] < keep]
+        yield images[:keep], targets, paths[:keep]
+        seen += keep

@@ -1,0 +1,99 @@
+"""How much and what to prune: `PruneSettings`, the `prune` command's defaults and checks, importable
+without torch."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from yoloprune.errors import SettingsError
+from yoloprune.settings import check_img_size, is_whole, option, require, resolve_device
+
+# Which convs are candidates: the seed's rule, or every BN conv with shortcut-coupled ones pruned together.
+PRUNE_MODES = ("safe", "full")
+# The settings that say how much to prune; at most one may be given.
+AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "max_map_drop")
+# BN re-calibration after pruning, on by default when training images are at hand: on the demo's
+# sparse model it raised the no-finetune mAP@0.5 at every MACs budget tried (docs/pruning-comparison.md).
+DEFAULT_CALIBRATION_IMAGES = 256
+
+
+def parse_layers(text: str) -> int | str:
+    """`--layers`: a residual block count or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a block count or 'auto', got {text!r}") from None
+
+
+@dataclass
+class PruneSettings:
+    """How much and what to prune; see `prune.run.run_pruning`."""
+
+    mode: str = option(
+        "full", choices=PRUNE_MODES,
+        help="safe: the classic rule (no conv feeding a shortcut, none before an upsample); "
+        "full: every BN conv, shortcut-coupled convs pruned together",
+    )
+    ratio: float | None = option(None, help="fraction of candidate channels to remove, lowest |γ| first (e.g. 0.85)")
+    threshold: float | None = option(None, help="remove candidate channels with |γ| below this value")
+    target_flops: float | None = option(None, help="keep this fraction of the MACs (budget search, within 1%%)")
+    target_params: float | None = option(None, help="keep this fraction of the parameters (budget search, within 1%%)")
+    max_map_drop: float | None = option(
+        None,
+        help="with --data: the most pruning whose valid mAP@0.5 stays within this of the unpruned model "
+        "(bisection); an error naming the closest trial if removing the --layers blocks alone drops more",
+    )
+    min_keep: float = option(1, help="channels each conv keeps at least: a fraction (< 1) or a count")
+    round_to: int = option(1, flag="--round", help="round kept channel counts up to a multiple of this (e.g. 8)")
+    layers: int | str = option(
+        0, parse=parse_layers,
+        help="also remove this many residual blocks (lowest mean |γ| of their second conv); "
+        "'auto' with --max-map-drop: as many as keep mAP@0.5 within half the tolerance",
+    )
+    calibrate: int | None = option(
+        None, help="recompute BN statistics of the pruned model on this many training images (0 = off)",
+        default_text=f"{DEFAULT_CALIBRATION_IMAGES} with --data, else 0",
+    )
+    data: str | None = option(None, help="dataset .data file (for --calibrate and --max-map-drop)")
+    img_size: int | None = option(None, help="input size for MAC counts, calibration and evaluation", default_text="the cfg's width")
+    batch: int = option(8, help="images per batch for --calibrate / --max-map-drop")
+    workers: int = option(0, help="data loader worker processes")
+    auto_steps: int = option(7, help="evaluations of the --max-map-drop bisection")
+    device: str = option("cpu", help="cpu, cuda, cuda:N")
+    plan_only: bool = option(False, help="write just OUT/plan.json and print the plan, prune nothing")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SettingsError naming the first setting whose value cannot work."""
+        require(self.mode in PRUNE_MODES, "mode", " or ".join(PRUNE_MODES), self.mode)
+        given = [name for name in AMOUNT_SETTINGS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise SettingsError(given[1], "give one of " + ", ".join(f"`{name}`" for name in AMOUNT_SETTINGS) + "; got " + " and ".join(f"`{name}`" for name in given))
+        if not given and not self.layers:
+            raise SettingsError("ratio", "say how much to prune: one of " + ", ".join(f"`{name}`" for name in AMOUNT_SETTINGS) + " or `layers`")
+        require(self.ratio is None or 0 <= self.ratio <= 1, "ratio", "in [0, 1]", self.ratio)
+        for name in ("target_flops", "target_params"):
+            require(getattr(self, name) is None or 0 < getattr(self, name) <= 1, name, "in (0, 1]", getattr(self, name))
+        require(self.threshold is None or self.threshold >= 0, "threshold", ">= 0", self.threshold)
+        require(self.max_map_drop is None or self.max_map_drop >= 0, "max_map_drop", ">= 0", self.max_map_drop)
+        require(self.max_map_drop is None or bool(self.data), "max_map_drop", "given with `data` (the mAP is measured on its valid split)", self.max_map_drop)
+        require(0 <= self.min_keep < 1 or self.min_keep == int(self.min_keep), "min_keep", "a fraction in [0, 1) or a whole count", self.min_keep)
+        require(self.layers == "auto" or (is_whole(self.layers) and self.layers >= 0), "layers", "a block count >= 0 or 'auto'", self.layers)
+        require(self.layers != "auto" or self.max_map_drop is not None, "layers", "a count unless `max_map_drop` is given ('auto' chooses by mAP)", self.layers)
+        for name in ("round_to", "batch", "auto_steps"):
+            require(is_whole(getattr(self, name)) and getattr(self, name) >= 1, name, "a whole number >= 1", getattr(self, name))
+        require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)
+        require(self.calibrate is None or (is_whole(self.calibrate) and self.calibrate >= 0), "calibrate", "a whole number >= 0", self.calibrate)
+        require(not self.calibration_images() or bool(self.data), "calibrate", "0 without `data` (it runs on the training images)", self.calibrate)
+        check_img_size(self.img_size)
+        resolve_device(self.device)
+
+    def calibration_images(self) -> int:
+        if self.calibrate is not None:
+            return self.calibrate
+        return DEFAULT_CALIBRATION_IMAGES if self.data else 0
