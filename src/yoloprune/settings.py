@@ -142,6 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, exclude: Iterable[str] =
                 kwargs["choices"] = spec["choices"]
             if spec["metavar"]:
                 kwargs["metavar"] = spec["metavar"]
+            elif not spec["positional"] and not spec["choices"]:  # named after the flag, not the field
+                kwargs["metavar"] = names[0].lstrip("-").replace("-", "_").upper()
             if spec["repeat"]:
                 kwargs["action"] = "append"
             if _required(field) and not spec["positional"]:
