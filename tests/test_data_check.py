@@ -11,7 +11,7 @@ import pytest
 
 from yoloprune.cli import main
 from yoloprune.data.check import check_dataset
-from yoloprune.data.spec import write_dataset_spec
+from yoloprune.data.spec import read_image_list, write_dataset_spec
 from yoloprune.errors import DataError
 
 
@@ -37,6 +37,33 @@ def test_clean_dataset(dataset):
     assert [s.images for s in report.splits] == [4, 4]
     assert report.splits[0].boxes_per_class == {0: 2, 1: 6}
     assert "problems: 0" in report.format()
+
+
+def test_the_test_split_is_checked_and_shared_images_reported(dataset, capsys):
+    root = dataset.parent
+    train, valid = read_image_list(root / "train.txt"), read_image_list(root / "valid.txt")
+    test = []
+    for i in range(2):
+        image_path = root / "images" / "test" / f"{i}.jpg"
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image_path), np.zeros((32, 32, 3), np.uint8))
+        test.append(image_path)
+    (root / "labels" / "test").mkdir()
+    (root / "labels" / "test" / "0.txt").write_text("1 0.5 0.5 0.5 0.5\n")  # 1.jpg: no label file
+    write_dataset_spec(root, "toy", ["a", "b"], train, valid, test + train[:1])
+    report = check_dataset(dataset, progress=False)
+    assert [(split.name, split.images) for split in report.splits] == [("train", 4), ("valid", 4), ("test", 3)]
+    assert report.splits[2].missing_labels == 1 and report.splits[2].boxes_per_class == {0: 1, 1: 2}
+    assert report.shared_images == {("train", "test"): 1}
+    assert main(["data", "check", str(dataset)]) == 0
+    printed = capsys.readouterr().out
+    assert f"test ({root / 'test.txt'}): 3 images" in printed
+    assert "warning: 1 image(s) are listed in both train and test" in printed
+
+    with open(root / "test.txt", "a") as listing:
+        listing.write("images/test/absent.jpg\n")
+    with pytest.raises(DataError, match=r"test\.txt:4: image not found"):
+        check_dataset(dataset, progress=False)
 
 
 def _break(dataset: Path) -> dict[str, str]:

@@ -54,13 +54,21 @@ def _write_image(path: Path, width: int, height: int) -> None:
     cv2.imwrite(str(path), np.full((height, width, 3), 90, np.uint8))
 
 
-def _source_of(root: Path, converted: Path) -> Path:
-    """The source image of a converted one: training wins a name clash, validation gets a prefix."""
+# The source split folders of each output image folder, in the converter's order.
+OFFICIAL_SOURCES = {"train": ["training"], "val": ["validation"], "test": ["test"]}
+REFERENCE_SOURCES = {"train": ["training", "validation"], "val": ["test"]}
+
+
+def _source_of(root: Path, converted: Path, reference_split: bool) -> Path:
+    """The source image of a converted one. With the reference split, training and validation share
+    a folder: training wins a name clash, validation gets a prefix."""
     if converted.name.startswith("validation_"):
+        assert reference_split
         return root / SPLIT_FOLDERS["validation"] / "images" / converted.name[len("validation_") :]
-    for folder in SPLIT_FOLDERS.values():  # training, validation, test: the converter's order
-        if (root / folder / "images" / converted.name).exists():
-            return root / folder / "images" / converted.name
+    sources = (REFERENCE_SOURCES if reference_split else OFFICIAL_SOURCES)[converted.parent.name]
+    for source in sources:
+        if (root / SPLIT_FOLDERS[source] / "images" / converted.name).exists():
+            return root / SPLIT_FOLDERS[source] / "images" / converted.name
     raise AssertionError(converted)
 
 
@@ -131,26 +139,47 @@ def test_corners_are_read_by_position(tmp_path):
         np.testing.assert_array_equal(hand, corners)
 
 
-def test_convert_layout_split_and_boxes(hand_dataset, tmp_path, caplog):
+# Per layout: the splits of the .data, the images and boxes of each output image folder. Training
+# holds 3 usable images (VOC_4 has no .mat) with 3 boxes, validation 2 with 1 (movie_5's hand lies
+# outside its image), test 2 with 2.
+LAYOUTS = {
+    False: (["train", "valid", "test"], {"train": 3, "val": 2, "test": 2}, {"train": 3, "val": 1, "test": 2}),
+    True: (["train", "valid"], {"train": 5, "val": 2}, {"train": 4, "val": 2}),
+}
+
+
+@pytest.mark.parametrize("reference_split", [False, True], ids=["official", "reference"])
+def test_convert_layout_split_and_boxes(hand_dataset, tmp_path, caplog, reference_split):
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
-        summary = convert_oxford_hand(hand_dataset.parent, out, progress=False)  # the parent is accepted too
+        # The parent of hand_dataset is accepted too.
+        summary = convert_oxford_hand(hand_dataset.parent, out, progress=False, reference_split=reference_split)
+    splits, images, boxes = LAYOUTS[reference_split]
     spec = load_data_spec(out / "hand.data")
     assert spec.classes == 1 and spec.names == ["hand"]
-    train, valid = read_image_list(spec.train), read_image_list(spec.valid)
-    assert len(train) == 5 and len(valid) == 2  # training (3 of 4) + validation (2); test (2)
-    assert summary.images == {"train": 5, "val": 2}
-    assert len({p.name for p in train}) == 5  # the two Buffy_1 images both survive
+    assert spec.splits == splits
+    assert summary.images == images and summary.boxes == boxes
+    listed = {split: read_image_list(spec.list_for(split)) for split in spec.splits}
+    folders = {"train": "train", "valid": "val", "test": "test"}
+    for split, paths in listed.items():
+        assert len(paths) == images[folders[split]]
+        assert all(p.parent == out / "images" / folders[split] for p in paths)
+    if reference_split:
+        assert spec.test is None and "test" not in (out / "hand.data").read_text()
+        assert len({p.name for p in listed["train"]}) == 5  # the two Buffy_1 images both survive
+    else:
+        assert [p.name for p in listed["test"]] == ["test_1.jpg", "test_2.jpg"]
+        assert [p.name for p in listed["valid"]] == ["Buffy_1.jpg", "movie_5.jpg"]  # no prefix needed
     assert [reason for _, reason in summary.skipped] == ["no annotation file"]
     assert "VOC_4.jpg: no annotation file" in caplog.text
     assert summary.boxes_outside == 1
     assert "skipped: 1 image(s)" in summary.format() and "no annotation file" in summary.format()
 
-    for image_path in train + valid:
+    for image_path in [path for paths in listed.values() for path in paths]:
         image = cv2.imread(str(image_path))
         labels = read_labels(label_path_for(image_path), 1)
         assert labels is not None
-        source = _source_of(hand_dataset, image_path)
+        source = _source_of(hand_dataset, image_path, reference_split)
         mat_path = source.parent.parent / "annotations" / f"{source.stem}.mat"
         height, width = image.shape[:2]
         expected = [corners_to_box_xyxy(c, width, height) for c in read_hand_corners(mat_path)]
@@ -159,7 +188,6 @@ def test_convert_layout_split_and_boxes(hand_dataset, tmp_path, caplog):
         for (_, cx, cy, w, h), (x1, y1, x2, y2) in zip(labels, expected):
             np.testing.assert_allclose([(cx - w / 2) * width, (cy - h / 2) * height], [x1, y1], atol=1e-3)
             np.testing.assert_allclose([(cx + w / 2) * width, (cy + h / 2) * height], [x2, y2], atol=1e-3)
-    assert summary.boxes["train"] == 4 and summary.boxes["val"] == 2
 
 
 def test_mat_without_boxes(hand_dataset, tmp_path, caplog):
@@ -170,7 +198,7 @@ def test_mat_without_boxes(hand_dataset, tmp_path, caplog):
     assert str(bad) in str(info.value) and "no 'boxes' variable" in str(info.value)
     with caplog.at_level(logging.WARNING):
         summary = convert_oxford_hand(hand_dataset, tmp_path / "out", skip_bad=True, progress=False)
-    assert summary.images["val"] == 1 and len(summary.skipped) == 2
+    assert summary.images["test"] == 1 and len(summary.skipped) == 2
     assert "no 'boxes' variable" in caplog.text
 
 
@@ -181,7 +209,7 @@ def test_corrupt_image_and_mat(hand_dataset, tmp_path):
         convert_oxford_hand(hand_dataset, tmp_path / "out", progress=False)
     (folder / "annotations" / "Buffy_1.mat").write_bytes(b"not a mat file")
     summary = convert_oxford_hand(hand_dataset, tmp_path / "out", skip_bad=True, progress=False)
-    assert summary.images["train"] == 3 and len(summary.skipped) == 3
+    assert summary.images["train"] == 1 and len(summary.skipped) == 3  # of Buffy_1, Buffy_2, VOC_3
 
 
 def test_not_an_oxford_folder(tmp_path):
@@ -192,8 +220,20 @@ def test_not_an_oxford_folder(tmp_path):
 def test_cli(hand_dataset, tmp_path, capsys):
     assert main(["data", "oxford-hand", str(hand_dataset), str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "train: 5 images, 4 boxes" in printed and "valid: 2 images, 2 boxes" in printed
+    assert "splits: official (train = training, valid = validation, test = test)" in printed
+    assert "train: 3 images, 3 boxes" in printed and "valid: 2 images, 1 boxes" in printed
+    assert "test: 2 images, 2 boxes" in printed
     assert main(["data", "check", str(tmp_path / "out" / "hand.data")]) == 0
+    assert f"test ({tmp_path / 'out' / 'test.txt'}): 2 images" in capsys.readouterr().out
+
+    assert main(["data", "oxford-hand", str(hand_dataset), str(tmp_path / "ref"), "--reference-split"]) == 0
+    printed = capsys.readouterr().out
+    assert "splits: the reference project's (train = training + validation, valid = test; no test split)" in printed
+    assert "train: 5 images, 4 boxes" in printed and "valid: 2 images, 2 boxes" in printed
+    assert "test:" not in printed
+    assert main(["data", "check", str(tmp_path / "ref" / "hand.data")]) == 0
+    assert "test (" not in capsys.readouterr().out
+
     (hand_dataset / SPLIT_FOLDERS["test"] / "annotations" / "test_2.mat").write_bytes(b"x")
     assert main(["data", "oxford-hand", str(hand_dataset), str(tmp_path / "out2")]) == 2
     assert "test_2.mat" in capsys.readouterr().err

@@ -49,6 +49,7 @@ def test_names_default_when_absent(tmp_path):
     "text, fragment, line",
     [
         ("classes=1\ntrain=missing.txt\nvalid=t.txt\n", "train file not found", 2),
+        ("classes=1\ntrain=t.txt\nvalid=t.txt\ntest=gone.txt\n", "test file not found", 4),
         ("classes=1\ntrain=t.txt\nvalid=t.txt\nnames=nope.names\n", "names file not found", 4),
         ("classes=two\ntrain=t.txt\nvalid=t.txt\n", "integer", 1),
         ("classes=1\nvalid=t.txt\n", "missing required key 'train'", None),
@@ -65,6 +66,29 @@ def test_bad_data_spec_names_file_and_line(tmp_path, text, fragment, line):
     assert fragment in str(info.value)
     assert str(data) in str(info.value)
     assert info.value.line == line
+
+
+def test_test_split_is_optional(tmp_path, monkeypatch):
+    _write(tmp_path / "ds" / "train.txt", "")
+    _write(tmp_path / "ds" / "valid.txt", "")
+    _write(tmp_path / "ds" / "lists" / "test.txt", "")
+    with_test_text = "classes=1\ntrain=train.txt\nvalid=valid.txt\ntest = lists/test.txt\n"
+    _write(tmp_path / "ds" / "with.data", with_test_text)
+    without = _write(tmp_path / "ds" / "without.data", "classes=1\ntrain=train.txt\nvalid=valid.txt\n")
+    monkeypatch.chdir(tmp_path)
+    spec = load_data_spec("ds/with.data")
+    assert spec.test == tmp_path / "ds" / "lists" / "test.txt" and spec.test.is_absolute()
+    assert spec.splits == ["train", "valid", "test"]
+    assert spec.list_for("test") == spec.test
+    assert spec.list_for("val") == spec.list_for("valid") == spec.valid
+
+    spec = load_data_spec(without)
+    assert spec.test is None and spec.splits == ["train", "valid"]
+    with pytest.raises(DataError, match="no test split") as info:
+        spec.list_for("test")
+    assert str(without) in str(info.value)
+    with pytest.raises(ValueError, match="unknown split"):
+        spec.list_for("holdout")
 
 
 def test_missing_data_file_is_a_data_error(tmp_path):
@@ -138,3 +162,14 @@ def test_write_dataset_spec_round_trips(tmp_path):
     assert read_image_list(spec.train) == images + [outside]
     assert read_image_list(spec.valid) == images[:1]
     assert "images/train/0.jpg" in spec.train.read_text()  # portable: relative inside the folder
+    assert spec.test is None and not (tmp_path / "test.txt").exists()
+    assert "test" not in data.read_text()
+
+
+def test_write_dataset_spec_with_a_test_split(tmp_path):
+    images = [tmp_path / "images" / split / "0.jpg" for split in ("train", "val", "test")]
+    data = write_dataset_spec(tmp_path, "toy", ["a"], images[:1], images[1:2], images[2:])
+    spec = load_data_spec(data)
+    assert spec.splits == ["train", "valid", "test"]
+    assert read_image_list(spec.test) == images[2:]
+    assert spec.test.read_text() == "images/test/0.jpg\n"

@@ -55,6 +55,55 @@ def test_an_image_depends_only_on_its_seed_split_and_index(synth_data, tmp_path)
         assert (short.parent / name).read_bytes() == (synth_data.parent / name).read_bytes()
 
 
+def _split_files(split: str, count: int) -> list[str]:
+    kinds = (("images", "jpg"), ("labels", "txt"))
+    return [f"{kind}/{split}/{i:06d}.{ext}" for kind, ext in kinds for i in range(count)]
+
+
+def test_a_test_split_leaves_train_and_valid_byte_identical(synth_data, tmp_path, capsys):
+    # The same dataset as `synth_data` plus 3 test images: the test split draws from its own random
+    # streams, so every train and valid file stays the same, and the .data only gains its test line.
+    out = tmp_path / "with_test"
+    assert main(["data", "synth", str(out), "--train", "12", "--val", "4", "--test", "3", "--img-size", "96",
+                 "--seed", "7"]) == 0
+    assert "wrote 12 train + 4 val + 3 test images" in capsys.readouterr().out
+    names = ["synth.names", "train.txt", "valid.txt"] + _split_files("train", 12) + _split_files("val", 4)
+    match, mismatch, errors = filecmp.cmpfiles(synth_data.parent, out, names, shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(names)
+    assert (out / "synth.data").read_text().replace("test = test.txt\n", "") == synth_data.read_text()
+    # Without --test nothing of a test split is written.
+    assert not (synth_data.parent / "test.txt").exists() and not (synth_data.parent / "images" / "test").exists()
+    assert load_data_spec(synth_data).test is None
+
+
+def test_test_split_images_are_new_and_labelled(synth_data, tmp_path):
+    data = generate_synthetic_dataset(
+        tmp_path / "t", n_train=12, n_val=4, n_test=3, img_size=96, seed=7, progress=False
+    )
+    spec = load_data_spec(data)
+    assert spec.splits == ["train", "valid", "test"]
+    test_images = read_image_list(spec.list_for("test"))
+    assert test_images == [data.parent / "images" / "test" / f"{i:06d}.jpg" for i in range(3)]
+    others = {p.read_bytes() for p in read_image_list(spec.train) + read_image_list(spec.valid)}
+    for image_path in test_images:
+        assert image_path.read_bytes() not in others
+        assert cv2.imread(str(image_path)).shape == (96, 96, 3)
+        labels = read_labels(label_path_for(image_path), 1)  # raises on any malformed line
+        assert labels is not None and len(labels) <= 6
+    report = check_dataset(data, progress=False)
+    assert [(split.name, split.images) for split in report.splits] == [("train", 12), ("valid", 4), ("test", 3)]
+    assert report.problems == [] and report.shared_images == {}
+
+
+def test_show_draws_the_test_split(synth_data, tmp_path, capsys):
+    data = generate_synthetic_dataset(tmp_path / "t", n_train=1, n_val=1, n_test=2, img_size=64, seed=7, progress=False)
+    out = tmp_path / "grid.png"
+    assert main(["data", "show", str(data), "--split", "test", "--out", str(out), "--img-size", "64"]) == 0
+    assert cv2.imread(str(out)).shape[1] > 2 * 64
+    assert main(["data", "show", str(synth_data), "--split", "test", "--out", str(out)]) == 2
+    assert f"{synth_data}: the dataset has no test split" in capsys.readouterr().err
+
+
 def test_boxes_lie_inside_the_image_and_on_hand_pixels():
     for index in range(20):
         image, boxes = render_synthetic_image(np.random.default_rng([1, index]), 128)

@@ -19,6 +19,7 @@ from yoloprune.bench.settings import BenchSettings
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, is_checkpoint_path
 from yoloprune.errors import SettingsError, YoloPruneError
+from yoloprune.eval.bootstrap import format_with_interval
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class ModelBench:
     latency_ms_ort: float
     map50: float | None = None
     map: float | None = None
+    map50_ci: tuple[float, float] | None = None  # 95 % bootstrap interval over the images
+    map_ci: tuple[float, float] | None = None
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -64,6 +67,8 @@ class BenchResult:
     runs: int
     device: str
     models: list[ModelBench]
+    split: str | None = None  # the image list mAP was measured on
+    images: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -71,6 +76,8 @@ class BenchResult:
             "threads": self.threads,
             "runs": self.runs,
             "device": self.device,
+            "split": self.split,
+            "images": self.images,
             "models": {m.name: {k: v for k, v in asdict(m).items() if k != "name"} for m in self.models},
         }
 
@@ -92,14 +99,15 @@ def benchmark_models(specs: list[ModelSpec] | list[tuple[str, Darknet]], setting
     torch.set_num_threads(threads)
     try:
         results = _time_models(models, settings, threads)
+        split = images = None
         if settings.data is not None:
-            _add_map(results, models, settings, progress)
+            split, images = _add_map(results, models, settings, progress)
         base = results[0]
         for bench in results:
             bench.ratios = {key: getattr(bench, key) / getattr(base, key) for key in RATIO_KEYS if getattr(base, key)}
             if bench.map50 is not None and base.map50 is not None:
                 bench.ratios["map50_delta"] = bench.map50 - base.map50
-        return BenchResult(settings.img_size, threads, settings.runs, "cpu", results)
+        return BenchResult(settings.img_size, threads, settings.runs, "cpu", results, split, images)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -130,17 +138,19 @@ def _time_models(models: list[tuple[str, Darknet]], settings: BenchSettings, thr
     return results
 
 
-def _add_map(results: list[ModelBench], models, settings: BenchSettings, progress: bool) -> None:
+def _add_map(results: list[ModelBench], models, settings: BenchSettings, progress: bool) -> tuple[str, int]:
+    """mAP with its intervals for every model; returns the split and the number of images it read."""
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
     validator = Validator(
-        EvalSettings(data=settings.data, img_size=settings.img_size, batch=settings.batch, workers=settings.workers, device="cpu"),
+        EvalSettings(data=settings.data, split=settings.split, img_size=settings.img_size, batch=settings.batch, workers=settings.workers, device="cpu"),
         progress=progress,
     )
     for bench, (_, model) in zip(results, models):
         metrics = validator(model)
-        bench.map50, bench.map = metrics.map50, metrics.map
+        bench.map50, bench.map, bench.map50_ci, bench.map_ci = metrics.map50, metrics.map, metrics.map50_ci, metrics.map_ci
+    return validator.split, metrics.images
 
 
 def format_markdown(result: BenchResult) -> str:
@@ -167,12 +177,13 @@ def format_markdown(result: BenchResult) -> str:
             cell(m.latency_ms_ort, "latency_ms_ort", ".1f"),
         ]
         if has_map:
-            row += ["-" if m.map50 is None else f"{m.map50:.4f}", "-" if m.map is None else f"{m.map:.4f}"]
+            row += ["-" if m.map50 is None else format_with_interval(m.map50, m.map50_ci), "-" if m.map is None else format_with_interval(m.map, m.map_ci)]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append(
         f"Input {result.img_size}x{result.img_size}, batch 1, {result.device.upper()} with {result.threads} thread(s); latency = "
         f"median of {result.runs} runs after warm-up, models interleaved. MACs = multiply-adds (BFLOPs = 2 x GMACs)."
+        + (f" mAP on the {result.split} split ({result.images} images); ± is half the width of its 95 % bootstrap interval over the images." if has_map else "")
     )
     return "\n".join(lines) + "\n"
 

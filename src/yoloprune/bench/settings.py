@@ -21,7 +21,11 @@ class BenchSettings:
         help="a model to compare (repeat); NAME=CFG:WEIGHTS, NAME=CFG or NAME=CHECKPOINT.pt",
         flag="--model", metavar="NAME=CFG:WEIGHTS", repeat=True, default_factory=list, required=True,
     )
-    data: str | None = option(None, help=".data file: also evaluate mAP on its valid split")
+    data: str | None = option(None, help=".data file: also evaluate mAP, on --split")
+    split: str | None = option(
+        None, choices=("train", "valid", "test"), help="image list the mAP is measured on",
+        default_text="test when the .data has one, else valid",
+    )
     img_size: int = option(416, help="square input size, a multiple of 32")
     runs: int = option(20, help="timed runs per model")
     warmup: int = option(5, help="untimed runs per model first")

@@ -12,7 +12,7 @@ from yoloprune.settings import from_arguments
 def _oxford_hand(args: argparse.Namespace) -> int:
     from yoloprune.data.oxford_hand import convert_oxford_hand
 
-    summary = convert_oxford_hand(args.src, args.out, skip_bad=args.skip_bad)
+    summary = convert_oxford_hand(args.src, args.out, skip_bad=args.skip_bad, reference_split=args.reference_split)
     print(summary.format())
     return 0
 
@@ -24,8 +24,9 @@ def _synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     data_path = settings.generate()
     seconds = time.perf_counter() - start
-    total = settings.train + settings.val
-    print(f"wrote {settings.train} train + {settings.val} val images ({total / max(seconds, 1e-9):.0f} images/s)")
+    counts = f"{settings.train} train + {settings.val} val" + (f" + {settings.test} test" if settings.test else "")
+    total = settings.train + settings.val + settings.test
+    print(f"wrote {counts} images ({total / max(seconds, 1e-9):.0f} images/s)")
     print(f"dataset spec: {data_path}")
     return 0
 
@@ -59,12 +60,19 @@ def register(subparsers) -> None:
     oxford = commands.add_parser(
         "oxford-hand",
         help="convert Oxford Hand (.mat annotations) to a YOLO dataset",
-        description="Convert hand_dataset/{training,validation,test}_dataset to YOLO format: "
-        "train = training + validation, valid = test.",
+        description="Convert hand_dataset/{training,validation,test}_dataset to YOLO format, keeping the "
+        "official splits: train = training, valid = validation (model selection), test = test (held out "
+        "for the reported scores). --reference-split writes the Oxford Hand reference project's split instead.",
     )
     oxford.add_argument("src", help="the hand_dataset folder (or its parent)")
     oxford.add_argument("out", help="output dataset folder")
     oxford.add_argument("--skip-bad", action="store_true", help="log and skip unreadable images / .mat files")
+    oxford.add_argument(
+        "--reference-split", action="store_true",
+        help="the reference project's split, for comparable numbers: train = training + validation, "
+        "valid = test, no test split (the reference selects and reports on the same images, so its "
+        "scores are optimistic)",
+    )
     oxford.set_defaults(func=_oxford_hand)
 
     add_command(
@@ -76,7 +84,8 @@ def register(subparsers) -> None:
     check = commands.add_parser(
         "check",
         help="validate a dataset and print a report",
-        description="Check that every listed image decodes and every label line is valid. "
+        description="Check that every listed image of every split (train, valid, and test when the .data "
+        "has one) decodes and every label line is valid. "
         "Exit 0 when clean; the first problem is an error (exit 2) unless --skip-bad, "
         "which lists every problem and exits 1 if there are any.",
     )

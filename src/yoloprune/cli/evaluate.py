@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     evaluate = add_command(
         subparsers, "eval", EvalSettings, run_eval, model=True,
         help="mAP@0.5, mAP@0.5:0.95, precision, recall on a split of a .data (COCO protocol)",
-        description="Evaluate a model on an image list of a .data file (--split, default valid) with "
+        description="Evaluate a model on an image list of a .data file (--split; default test when the .data has one, else valid) with "
         "faster-coco-eval (COCO protocol: 101-point AP, 100 detections per image). Precision and recall "
         "are the best-F1 point of the IoU-0.5 precision-recall curve, averaged over classes.",
     )
@@ -32,6 +32,7 @@ def register(subparsers) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from yoloprune.darknet.weights import load_model
+    from yoloprune.eval.bootstrap import format_with_interval
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
@@ -42,14 +43,18 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics.to_dict()))
         return 0
-    print(f"data:          {validator.spec.path} ({settings.split}: {validator.list_file})")
+    print(f"data:          {validator.spec.path} ({validator.split}: {validator.list_file})")
     print(f"model:         {args.weights}" + (f"  cfg {args.cfg}" if args.cfg else ""))
     print(f"images:        {metrics.images}   ground truths: {metrics.ground_truths}   detections: {metrics.detections}")
-    print(f"mAP@0.5:       {metrics.map50:.4f}")
-    print(f"mAP@0.5:0.95:  {metrics.map:.4f}")
+    print(f"mAP@0.5:       {format_with_interval(metrics.map50, metrics.map50_ci)}{_interval_text(metrics.map50_ci)}")
+    print(f"mAP@0.5:0.95:  {format_with_interval(metrics.map, metrics.map_ci)}{_interval_text(metrics.map_ci)}")
     print(f"precision:     {metrics.precision:.4f}   recall: {metrics.recall:.4f}   F1: {metrics.f1:.4f}  (best-F1 point, IoU 0.5)")
     print(f"AR@100:        {metrics.ar100:.4f}")
     return 0
+
+
+def _interval_text(interval) -> str:
+    return "" if interval is None else f"   (95 % bootstrap interval over images: {interval[0]:.4f} to {interval[1]:.4f})"
 
 
 def run_detect(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,14 +58,15 @@ class CheckReport:
     spec: DataSpec
     splits: list[SplitReport]
     problems: list[str] = field(default_factory=list)
-    shared_images: int = 0  # images listed in both train and valid
+    # Images listed in two splits, per pair of split names: a held-out split must not share images.
+    shared_images: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def format(self) -> str:
         lines = [f"dataset {self.spec.path}: {self.spec.classes} class(es) {self.spec.names}"]
         for split in self.splits:
             lines += split.format(self.spec.names)
-        if self.shared_images:
-            lines.append(f"warning: {self.shared_images} image(s) are listed in both train and valid")
+        for (first, second), count in self.shared_images.items():
+            lines.append(f"warning: {count} image(s) are listed in both {first} and {second}")
         lines.append(f"problems: {len(self.problems)}")
         lines += [f"  {problem}" for problem in self.problems]
         return "\n".join(lines)
@@ -73,7 +75,7 @@ class CheckReport:
 def check_dataset(
     data_path: str | Path, skip_bad: bool = False, decode_images: bool = True, progress: bool = True
 ) -> CheckReport:
-    """Check every image and label of both splits.
+    """Check every image and label of every split: train, valid, and test when the `.data` has one.
 
     By default the first problem raises DataError (naming file and line); with `skip_bad` each
     problem is logged and collected in `report.problems`, and the check goes on.
@@ -89,8 +91,9 @@ def check_dataset(
         report.problems.append(str(error))
         log.warning("bad: %s", error)
 
-    seen_by_split: list[set[Path]] = []
-    for name, list_file in (("train", spec.train), ("valid", spec.valid)):
+    seen_by_split: dict[str, set[Path]] = {}
+    for name in spec.splits:
+        list_file = spec.list_for(name)
         split = SplitReport(name=name, list_file=list_file)
         report.splits.append(split)
         seen: set[Path] = set()
@@ -125,6 +128,9 @@ def check_dataset(
             for cls in labels[:, 0].astype(int):
                 split.boxes_per_class[int(cls)] = split.boxes_per_class.get(int(cls), 0) + 1
             split.box_sizes_norm.append(labels[:, 3:5])
-        seen_by_split.append(seen)
-    report.shared_images = len(seen_by_split[0] & seen_by_split[1])
+        seen_by_split[name] = seen
+    for first, second in itertools.combinations(spec.splits, 2):
+        shared = len(seen_by_split[first] & seen_by_split[second])
+        if shared:
+            report.shared_images[(first, second)] = shared
     return report

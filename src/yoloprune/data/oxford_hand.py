@@ -12,8 +12,13 @@ corners of a (possibly rotated) hand quadrilateral, each `[y x]` â€” row first â
 pixel coordinates. Extra fields may follow, so the fields are read by position, not by name.
 The label of a hand is the axis-aligned box of its four corners, clipped to the image.
 
-Output: `train.txt` = training + validation, `valid.txt` = test (the published split: 4807 / 821
-images), `hand.data`, `hand.names`, `images/{train,val}/`, `labels/{train,val}/`.
+Output, by default the official splits: `train.txt` = training, `valid.txt` = validation (for
+model selection), `test.txt` = test (821 images, held out for the reported scores); `hand.data`,
+`hand.names`, `images/{train,val,test}/`, `labels/{train,val,test}/`.
+
+With `reference_split` the Oxford Hand reference project's split instead, for numbers comparable
+with its: `train.txt` = training + validation (4807), `valid.txt` = test (821), no test split. The
+reference picks its model and reports its score on that same split, so such a score is optimistic.
 """
 
 from __future__ import annotations
@@ -32,12 +37,29 @@ from yoloprune.fileio import atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# (source split folder, its data folder, output split)
-SOURCE_SPLITS = (
-    ("training_dataset", "training_data", "train"),
-    ("validation_dataset", "validation_data", "train"),
-    ("test_dataset", "test_data", "val"),
+# (source split folder, its data folder)
+SOURCE_FOLDERS = (
+    ("training_dataset", "training_data"),
+    ("validation_dataset", "validation_data"),
+    ("test_dataset", "test_data"),
 )
+# The output split (image folder name) of each source split folder.
+OFFICIAL_SPLITS = {"training_dataset": "train", "validation_dataset": "val", "test_dataset": "test"}
+REFERENCE_SPLITS = {"training_dataset": "train", "validation_dataset": "train", "test_dataset": "val"}
+# The name a split has in the `.data` file, where it differs from its folder's.
+LIST_NAMES = {"val": "valid"}
+
+
+def split_layout(reference_split: bool) -> dict[str, str]:
+    return REFERENCE_SPLITS if reference_split else OFFICIAL_SPLITS
+
+
+def describe_layout(reference_split: bool) -> str:
+    """E.g. "train = training + validation, valid = test", in the order of the output splits."""
+    sources: dict[str, list[str]] = {}
+    for source, out_split in split_layout(reference_split).items():
+        sources.setdefault(out_split, []).append(source.split("_")[0])
+    return ", ".join(f"{LIST_NAMES.get(split, split)} = {' + '.join(names)}" for split, names in sources.items())
 
 
 def corners_to_box_xyxy(corners_yx: np.ndarray, width: int, height: int) -> np.ndarray | None:
@@ -86,16 +108,22 @@ def read_hand_corners(mat_path: str | Path) -> list[np.ndarray]:
 
 @dataclass
 class ConversionSummary:
-    images: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
-    boxes: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    reference_split: bool = False
+    images: dict[str, int] = field(default_factory=dict)  # per output split: "train", "val", "test"
+    boxes: dict[str, int] = field(default_factory=dict)
     boxes_outside: int = 0  # annotated hands lying wholly outside their image
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     data_path: Path | None = None
 
     def format(self) -> str:
-        lines = [
-            f"train: {self.images['train']} images, {self.boxes['train']} boxes",
-            f"valid: {self.images['val']} images, {self.boxes['val']} boxes",
+        if self.reference_split:
+            layout = f"splits: the reference project's ({describe_layout(True)}; no test split)"
+        else:
+            layout = f"splits: official ({describe_layout(False)})"
+        lines = [layout]
+        lines += [
+            f"{LIST_NAMES.get(split, split)}: {count} images, {self.boxes.get(split, 0)} boxes"
+            for split, count in self.images.items()
         ]
         if self.boxes_outside:
             lines.append(f"boxes dropped (entirely outside their image): {self.boxes_outside}")
@@ -111,9 +139,9 @@ class ConversionSummary:
 
 def _find_root(src: Path) -> Path:
     for candidate in (src, src / "hand_dataset"):
-        if all((candidate / split / data).is_dir() for split, data, _ in SOURCE_SPLITS):
+        if all((candidate / split / data).is_dir() for split, data in SOURCE_FOLDERS):
             return candidate
-    expected = ", ".join(f"{split}/{data}" for split, data, _ in SOURCE_SPLITS)
+    expected = ", ".join(f"{split}/{data}" for split, data in SOURCE_FOLDERS)
     raise DataError(f"not an Oxford Hand folder: expected {expected} (or hand_dataset/ holding them)", src)
 
 
@@ -148,9 +176,10 @@ def _write_example(image_path: Path, labels_cxcywh_norm: np.ndarray, out: Path, 
 
 
 def convert_oxford_hand(
-    src: str | Path, out: str | Path, skip_bad: bool = False, progress: bool = True
+    src: str | Path, out: str | Path, skip_bad: bool = False, progress: bool = True, reference_split: bool = False
 ) -> ConversionSummary:
-    """Convert the Oxford Hand folder `src` into a YOLO dataset in `out`.
+    """Convert the Oxford Hand folder `src` into a YOLO dataset in `out`: the official train / valid /
+    test splits, or with `reference_split` the reference project's train / valid (see the module).
 
     An image without an annotation file is skipped (logged, counted). A bad image or `.mat`
     raises DataError, or with `skip_bad` is logged, counted and skipped.
@@ -161,15 +190,22 @@ def convert_oxford_hand(
 
     src, out = Path(src), Path(out)
     root = _find_root(src)
-    summary = ConversionSummary()
-    listed: dict[str, list[Path]] = {"train": [], "val": []}
-    used_names: dict[str, set[str]] = {"train": set(), "val": set()}
+    layout = split_layout(reference_split)
+    out_splits = list(dict.fromkeys(layout.values()))
+    summary = ConversionSummary(
+        reference_split=reference_split,
+        images={split: 0 for split in out_splits},
+        boxes={split: 0 for split in out_splits},
+    )
+    listed: dict[str, list[Path]] = {split: [] for split in out_splits}
+    used_names: dict[str, set[str]] = {split: set() for split in out_splits}
 
     def skip(path: Path, reason: str) -> None:
         summary.skipped.append((str(path), reason))
         log.warning("skipping %s: %s", path, reason)
 
-    for split_dir, data_dir, out_split in SOURCE_SPLITS:
+    for split_dir, data_dir in SOURCE_FOLDERS:
+        out_split = layout[split_dir]
         folder = root / split_dir / data_dir
         image_paths = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for image_path in tqdm(image_paths, desc=split_dir, unit="img", disable=not progress, leave=False):
@@ -187,7 +223,7 @@ def convert_oxford_hand(
                 continue
             height, width = image.shape[:2]
             labels_cxcywh_norm = _hand_labels(hands, width, height, mat_path, summary)
-            # Training and validation share one output folder; keep names unique.
+            # With the reference split, training and validation share one output folder; keep names unique.
             name = image_path.name
             if name in used_names[out_split]:
                 name = f"{split_dir.split('_')[0]}_{name}"
@@ -195,5 +231,5 @@ def convert_oxford_hand(
             listed[out_split].append(_write_example(image_path, labels_cxcywh_norm, out, out_split, name))
             summary.images[out_split] += 1
             summary.boxes[out_split] += len(labels_cxcywh_norm)
-    summary.data_path = write_dataset_spec(out, "hand", ["hand"], listed["train"], listed["val"])
+    summary.data_path = write_dataset_spec(out, "hand", ["hand"], listed["train"], listed["val"], listed.get("test"))
     return summary

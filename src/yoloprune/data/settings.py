@@ -14,13 +14,14 @@ class SynthSettings:
     out: str = option(positional=True, help="output dataset folder")
     train: int = option(1000, help="training images")
     val: int = option(200, help="validation images")
+    test: int = option(0, help="held-out test images (0: no test split)")
     img_size: int = option(256, help="image side in pixels, a multiple of 32")
     seed: int = option(0, help="random seed")
     max_hands: int = option(6, help="most hands in one image")
     min_hand_scale: float = option(0.05, help="smallest hand box side as a share of the image (larger = easier)")
 
     def __post_init__(self) -> None:
-        for name in ("train", "val"):
+        for name in ("train", "val", "test"):
             require(is_whole(getattr(self, name)) and getattr(self, name) >= 0, name, "a whole number >= 0", getattr(self, name))
         check_img_size(self.img_size)
         require(is_whole(self.max_hands) and self.max_hands >= 1, "max_hands", "a whole number >= 1", self.max_hands)
@@ -31,7 +32,7 @@ class SynthSettings:
         from yoloprune.data.synth import generate_synthetic_dataset
 
         return generate_synthetic_dataset(
-            self.out, n_train=self.train, n_val=self.val, img_size=self.img_size, seed=self.seed,
+            self.out, n_train=self.train, n_val=self.val, n_test=self.test, img_size=self.img_size, seed=self.seed,
             max_hands=self.max_hands, min_hand_scale=self.min_hand_scale, progress=progress,
         )
 
@@ -42,7 +43,7 @@ class ShowSettings:
 
     data: str = option(positional=True, help="the .data file")
     out: str = option(help="output PNG path")
-    split: str = option("train", choices=("train", "valid"), help="image list to draw from")
+    split: str = option("train", choices=("train", "valid", "test"), help="image list to draw from")
     count: int = option(16, help="samples to draw")
     columns: int = option(4, help="grid columns")
     img_size: int = option(256, help="letterbox size, a multiple of 32")

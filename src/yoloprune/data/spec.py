@@ -4,13 +4,19 @@ A dataset is a darknet-style `.data` file::
 
     classes = 1
     train = train.txt        # relative paths resolve against the .data file's folder
-    valid = valid.txt
+    valid = valid.txt        # model selection: best epoch, pruning search
+    test = test.txt          # optional: held out, for the scores reported at the end
     names = hand.names       # one class name per line
 
-`train.txt` / `valid.txt` list one image path per line (relative paths resolve against the list
-file's folder). The label file of an image follows the darknet convention: the last path component
-named `images` (or `JPEGImages`) becomes `labels` and the extension becomes `.txt`. Each label line
-is `cls cx cy w h`, the box centre and size normalised to the image width and height.
+`valid` picks the model (best epoch, pruning search); a score reported on that same split is
+biased upward by the picking, so a `test` split, looked at only once at the end, gives the
+unbiased number. Without a `test` line the dataset has the splits train and valid only.
+
+`train.txt` / `valid.txt` / `test.txt` list one image path per line (relative paths resolve
+against the list file's folder). The label file of an image follows the darknet convention: the
+last path component named `images` (or `JPEGImages`) becomes `labels` and the extension becomes
+`.txt`. Each label line is `cls cx cy w h`, the box centre and size normalised to the image width
+and height.
 A missing label file means the image holds no objects.
 """
 
@@ -33,25 +39,38 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_DIR_NAMES = ("images", "JPEGImages")
 # Label coordinates written with 6 decimals may overshoot [0, 1] by a rounding step.
 COORD_TOLERANCE = 1e-6
+SPLIT_ALIASES = {"val": "valid"}  # the synthetic and Oxford Hand folders are named `val`
 
 
 @dataclass
 class DataSpec:
-    """A parsed `.data` file; `train`, `valid` and `path` are absolute."""
+    """A parsed `.data` file; `train`, `valid`, `test` and `path` are absolute; `test` is None
+    when the `.data` file has no `test` line."""
 
     classes: int
     train: Path
     valid: Path
     names: list[str]
     path: Path
+    test: Path | None = None
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits this dataset has: "train", "valid", and "test" when there is one."""
+        return ["train", "valid"] + (["test"] if self.test is not None else [])
 
     def list_for(self, split: str) -> Path:
-        """The image list of `split` ("train" or "valid"/"val")."""
+        """The image list of `split` ("train", "valid"/"val" or "test")."""
+        split = SPLIT_ALIASES.get(split, split)
         if split == "train":
             return self.train
-        if split in ("valid", "val"):
+        if split == "valid":
             return self.valid
-        raise ValueError(f"unknown split {split!r}: expected 'train' or 'valid'")
+        if split == "test":
+            if self.test is None:
+                raise DataError("the dataset has no test split (no 'test = ...' line)", self.path)
+            return self.test
+        raise ValueError(f"unknown split {split!r}: expected 'train', 'valid' or 'test'")
 
 
 def _absolute(path: str | Path) -> Path:
@@ -96,7 +115,7 @@ def load_data_spec(path: str | Path) -> DataSpec:
         raise DataError(f"classes must be >= 1, got {classes}", path, classes_line)
 
     resolved: dict[str, Path] = {}
-    for key in ("train", "valid", "names"):
+    for key in ("train", "valid", "test", "names"):
         if key not in entries:
             continue
         value, line_no = entries[key]
@@ -116,7 +135,10 @@ def load_data_spec(path: str | Path) -> DataSpec:
             )
     else:
         names = [f"class{i}" for i in range(classes)]
-    return DataSpec(classes=classes, train=resolved["train"], valid=resolved["valid"], names=names, path=path)
+    return DataSpec(
+        classes=classes, train=resolved["train"], valid=resolved["valid"], names=names, path=path,
+        test=resolved.get("test"),
+    )
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -222,10 +244,13 @@ def write_dataset_spec(
     class_names: list[str],
     train_images: list[Path],
     valid_images: list[Path],
+    test_images: list[Path] | None = None,
 ) -> Path:
     """Write `name.data`, `name.names`, `train.txt` and `valid.txt` in `out_dir`; return the `.data` path.
 
-    Image paths inside `out_dir` are written relative to it, so the dataset folder can be moved.
+    With `test_images` (even an empty list) also `test.txt` and a `test` line; without, the files
+    are the same as before the test split existed. Image paths inside `out_dir` are written
+    relative to it, so the dataset folder can be moved.
     """
     out_dir = _absolute(out_dir)
 
@@ -238,10 +263,14 @@ def write_dataset_spec(
 
     atomic_write_text(out_dir / "train.txt", "".join(f"{listed(p)}\n" for p in train_images))
     atomic_write_text(out_dir / "valid.txt", "".join(f"{listed(p)}\n" for p in valid_images))
+    test_line = ""
+    if test_images is not None:
+        atomic_write_text(out_dir / "test.txt", "".join(f"{listed(p)}\n" for p in test_images))
+        test_line = "test = test.txt\n"
     atomic_write_text(out_dir / f"{name}.names", "".join(f"{n}\n" for n in class_names))
     data_path = out_dir / f"{name}.data"
     atomic_write_text(
         data_path,
-        f"classes = {len(class_names)}\ntrain = train.txt\nvalid = valid.txt\nnames = {name}.names\n",
+        f"classes = {len(class_names)}\ntrain = train.txt\nvalid = valid.txt\n{test_line}names = {name}.names\n",
     )
     return data_path

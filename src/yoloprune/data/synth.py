@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 MIN_VISIBLE = 0.3  # share of a hand's pixels that must stay visible for it to be labelled
 MIN_BOX_PX = 3  # labelled boxes are at least this many pixels on each side
 MIN_HAND_SCALE = 0.05  # smallest hand box side, as a share of the image side
-SPLIT_CODES = {"train": 0, "val": 1}
+# Part of each image's seed: every split draws from its own random streams, so adding a split
+# (or changing its size) leaves the images of the others unchanged.
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass
@@ -209,11 +211,14 @@ def generate_synthetic_dataset(
     progress: bool = True,
     max_hands: int = 6,
     min_hand_scale: float = MIN_HAND_SCALE,
+    n_test: int = 0,
 ) -> Path:
     """Write a synthetic hand dataset to `out_dir` and return its `.data` path.
 
     Layout: `synth.data`, `synth.names`, `train.txt`, `valid.txt`, `images/{train,val}/NNNNNN.jpg`,
     `labels/{train,val}/NNNNNN.txt`. Image `i` of a split depends only on `(seed, split, i)`.
+    With `n_test` > 0 also `test.txt`, `images/test/`, `labels/test/` and a `test` line in the
+    `.data`; with 0 nothing of a test split is written, so datasets without one reproduce byte for byte.
     """
     from tqdm import tqdm
 
@@ -221,7 +226,8 @@ def generate_synthetic_dataset(
     if img_size < 32:
         raise ValueError(f"img_size must be >= 32, got {img_size}")
     listed: dict[str, list[Path]] = {}
-    for split, count in (("train", n_train), ("val", n_val)):
+    splits = [("train", n_train), ("val", n_val)] + ([("test", n_test)] if n_test > 0 else [])
+    for split, count in splits:
         image_dir, label_dir = out_dir / "images" / split, out_dir / "labels" / split
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +248,6 @@ def generate_synthetic_dataset(
                 format_label_lines(labels_cxcywh_norm[:, 0], labels_cxcywh_norm[:, 1:]),
             )
             listed[split].append(image_path)
-    data_path = write_dataset_spec(out_dir, "synth", [class_name], listed["train"], listed["val"])
-    log.info("wrote %d train + %d val images to %s", n_train, n_val, out_dir)
+    data_path = write_dataset_spec(out_dir, "synth", [class_name], listed["train"], listed["val"], listed.get("test"))
+    log.info("wrote %s images to %s", " + ".join(f"{count} {split}" for split, count in splits), out_dir)
     return data_path

@@ -70,14 +70,17 @@ class DemoPipeline:
         """The synthetic dataset (reused when generated with the same settings); its .data path."""
         p = self.profile
         settings = SynthSettings(
-            out=str(self.out / "data"), train=p.train_images, val=p.val_images, img_size=p.img_size,
+            out=str(self.out / "data"), train=p.train_images, val=p.val_images, test=p.test_images, img_size=p.img_size,
             max_hands=p.max_hands, min_hand_scale=p.min_hand_scale,
         )
         stage = Stage("data", settings.out, _fingerprint(settings))
         if stage.prepare():
             log.info("[1/6] reusing the dataset in %s", settings.out)
         else:
-            log.info("[1/6] generating the synthetic dataset: %d train + %d valid images at %d px", p.train_images, p.val_images, p.img_size)
+            log.info(
+                "[1/6] generating the synthetic dataset: %d train + %d valid + %d test images at %d px",
+                p.train_images, p.val_images, p.test_images, p.img_size,
+            )
             settings.generate()
             stage.record()
         self.data_record = stage.record_path

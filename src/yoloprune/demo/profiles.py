@@ -14,7 +14,8 @@ class DemoProfile:
 
     name: str
     train_images: int
-    val_images: int
+    val_images: int  # what chooses (best.pt, the pruning search) reads these
+    test_images: int  # what is reported reads these
     img_size: int
     width_multiple: float  # YOLOv3 topology at this width (1.0 = the Oxford Hand reference cfg)
     batch: int
@@ -40,7 +41,7 @@ class DemoProfile:
 
 PROFILES = {
     "quick": DemoProfile(
-        name="quick", train_images=64, val_images=24, img_size=128, width_multiple=0.0625, batch=16,
+        name="quick", train_images=64, val_images=24, test_images=24, img_size=128, width_multiple=0.0625, batch=16,
         baseline_epochs=3, sparse_epochs=2, finetune_epochs=1, lr=0.001, sparsity=0.005, sparsity_decay=None,
         max_map_drop=0.01, round_to=1, auto_steps=3, distill_weight=1.0, bench_runs=5,
         optimizer="adam", gamma_lr_scale=10.0, finetune_lr_ratio=0.5, layers="auto",
@@ -50,14 +51,14 @@ PROFILES = {
     # layers cannot shrink and are overhead-bound). AdamW: on a 10-minute CPU budget it reaches about
     # 1.6x the mAP@0.5 of SGD; with it the penalised γ need a 10x learning rate to reach 0 in 16 epochs.
     "default": DemoProfile(
-        name="default", train_images=1000, val_images=200, img_size=160, width_multiple=0.25, batch=16,
+        name="default", train_images=1000, val_images=200, test_images=1000, img_size=160, width_multiple=0.25, batch=16,
         baseline_epochs=20, sparse_epochs=16, finetune_epochs=5, lr=0.001, sparsity=0.004, sparsity_decay=None,
         max_map_drop=0.01, round_to=8, auto_steps=7, distill_weight=1.0, bench_runs=30, eval_every=4,
         min_hand_scale=0.1, max_hands=4, optimizer="adam", gamma_lr_scale=10.0, finetune_lr_ratio=0.5, layers="auto",
     ),
     # The seed-scale run, for a machine with a GPU: the 61.5 M-parameter yolov3-hand.cfg at 416 px.
     "full": DemoProfile(
-        name="full", train_images=4000, val_images=800, img_size=416, width_multiple=1.0, batch=16,
+        name="full", train_images=4000, val_images=800, test_images=800, img_size=416, width_multiple=1.0, batch=16,
         baseline_epochs=100, sparse_epochs=100, finetune_epochs=30, lr=0.01, sparsity=0.001, sparsity_decay=0.7,
         max_map_drop=0.01, round_to=16, auto_steps=8, distill_weight=1.0, bench_runs=30,
     ),

@@ -53,9 +53,18 @@ def _comparison(p, bench, table: str) -> list[str]:
         ratios("MACs", "gmacs"),
         ratios("latency (PyTorch)", "latency_ms_torch"),
         ratios("latency (ONNX Runtime)", "latency_ms_ort"),
-        f"| mAP@0.5 change | {pruned.map50 - base.map50:+.4f} | {tuned.map50 - base.map50:+.4f} |",
+        f"| mAP@0.5 change | {map_change(base, pruned)} | {map_change(base, tuned)} |",
         "",
     ]
+
+
+def map_change(base, other) -> str:
+    """The mAP@0.5 difference, called no measurable change when the two 95 % intervals overlap."""
+    text = f"{other.map50 - base.map50:+.4f}"
+    if base.map50_ci is None or other.map50_ci is None:
+        return text
+    overlap = other.map50_ci[0] <= base.map50_ci[1] and base.map50_ci[0] <= other.map50_ci[1]
+    return f"{text} (no measurable change: the intervals overlap)" if overlap else text
 
 
 def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float) -> list[str]:
@@ -63,7 +72,8 @@ def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float) -> 
     return [
         "## What was done",
         "",
-        f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid images at {p.img_size} px (`yoloprune data synth`).",
+        f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid / {p.test_images} test images at {p.img_size} px "
+        "(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the test images.",
         f"- Model: YOLOv3 topology at width x{p.width_multiple:g} (`{out_dir / 'model.cfg'}`), trained from scratch for "
         f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine).",
         f"- Sparsity training: {p.sparse_epochs} epochs from the baseline with s = {p.sparsity:g} on every BN γ"

@@ -15,7 +15,9 @@ Reported numbers:
   the pair is an achievable detector setting (recall read to the curve's 0.01 grid), the one a
   user would pick for deployment; at a low evaluation `conf` it is unaffected by the many
   low-score detections that the mAP protocol asks for.
-- `ar100`: COCO's average recall with 100 detections per image over IoU 0.50:0.95.
+- `ar100`: COCO's average recall with 100 detections per image over IoU 0.50:0.95;
+- `map50_ci`, `map_ci` (only when asked for): 95 % percentile bootstrap intervals of `map50` and
+  `map` over the evaluated images (see `yoloprune.eval.bootstrap`), else None.
 `evaluate_model` runs a model over a data loader and scores it in the letterboxed input-pixel space.
 """
 
@@ -46,9 +48,15 @@ class DetectionMetrics:
     images: int
     ground_truths: int
     detections: int
+    map50_ci: tuple[float, float] | None = None
+    map_ci: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        for name in ("map50_ci", "map_ci"):
+            if values[name] is not None:
+                values[name] = list(values[name])  # JSON has lists, not tuples
+        return values
 
 
 def _as_array(boxes, columns: int, what: str, image_idx: int) -> np.ndarray:
@@ -161,6 +169,9 @@ def compute_detection_metrics(
     predictions_per_image: Sequence,
     ground_truths_per_image: Sequence,
     num_classes: int,
+    intervals: bool = False,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> DetectionMetrics:
     """COCO-protocol metrics for detections and ground truth given per image, in the same pixel space.
 
@@ -168,6 +179,8 @@ def compute_detection_metrics(
     (M, 5) `[cls, x1, y1, x2, y2]` (tensors or arrays; either may be empty). Images without ground
     truth still count: their detections are false positives. With no ground truth at all the AP is
     undefined; every metric is then reported as 0.0 (and `ground_truths` says why).
+    `intervals`: also bootstrap `map50_ci` and `map_ci` from `resamples` image resamples drawn with
+    `seed`; the point values are faster-coco-eval's either way.
     """
     if len(predictions_per_image) != len(ground_truths_per_image):
         raise ValueError(f"{len(predictions_per_image)} prediction sets for {len(ground_truths_per_image)} ground-truth sets")
@@ -175,10 +188,16 @@ def compute_detection_metrics(
     categories = [{"id": class_id + 1, "name": str(class_id)} for class_id in range(num_classes)]
     gt_annotations, dt_annotations = _coco_annotations(predictions_per_image, ground_truths_per_image, num_classes)
     counts = {"images": len(images), "ground_truths": len(gt_annotations), "detections": len(dt_annotations)}
+    interval_fields = {}
+    if intervals:
+        from yoloprune.eval.bootstrap import bootstrap_map_intervals, match_detections  # it imports this module
+
+        matches = match_detections(predictions_per_image, ground_truths_per_image, num_classes)
+        interval_fields = bootstrap_map_intervals(matches, resamples=resamples, seed=seed)
     if not gt_annotations:
         log.warning("no ground-truth boxes in %d images: mAP is undefined, reported as 0", len(images))
-        return DetectionMetrics(map50=0.0, map=0.0, map75=0.0, precision=0.0, recall=0.0, f1=0.0, ar100=0.0, **counts)
-    return DetectionMetrics(**_coco_scores(images, categories, gt_annotations, dt_annotations), **counts)
+        return DetectionMetrics(map50=0.0, map=0.0, map75=0.0, precision=0.0, recall=0.0, f1=0.0, ar100=0.0, **counts, **interval_fields)
+    return DetectionMetrics(**_coco_scores(images, categories, gt_annotations, dt_annotations), **counts, **interval_fields)
 
 
 def evaluate_model(
@@ -190,12 +209,13 @@ def evaluate_model(
     progress: bool = True,
     max_det: int = 300,
     num_classes: int | None = None,
+    intervals: bool = False,
 ) -> DetectionMetrics:
     """Run `model` (eval mode, no grad) over batches `(images, targets, paths)` and score it.
 
     `targets` rows are `[img_idx, cls, cx, cy, w, h]` normalised to the letterboxed input; both
     they and the detections are compared in input pixels. The model's train/eval mode is restored.
-    `num_classes` defaults to `model.num_classes`.
+    `num_classes` defaults to `model.num_classes`; `intervals` adds bootstrap intervals of the mAPs.
     """
     from tqdm import tqdm
 
@@ -219,4 +239,4 @@ def evaluate_model(
                     ground_truths_per_image.append(torch.cat([targets[in_image, 1:2], gt_boxes_xyxy[in_image]], dim=1))
     finally:
         model.train(was_training)
-    return compute_detection_metrics(predictions_per_image, ground_truths_per_image, num_classes)
+    return compute_detection_metrics(predictions_per_image, ground_truths_per_image, num_classes, intervals=intervals)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from yoloprune.settings import check_img_size, is_whole, option, require, resolve_device
 
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass
@@ -15,7 +15,9 @@ class EvalSettings:
     """How a model is scored: which images, at which size, with which post-processing."""
 
     data: str = option(help="dataset .data file", aliases=("--data_config",))
-    split: str = option("valid", choices=SPLITS, help="image list of the .data file to score on")
+    split: str | None = option(
+        None, choices=SPLITS, help="image list of the .data file to score on", default_text="test when the .data has one, else valid",
+    )
     img_size: int = option(416, aliases=("--img_size",), help="square input size, a multiple of 32")
     batch: int = option(8, aliases=("--batch_size",), help="images per batch")
     conf: float = option(0.001, aliases=("--conf_thres",), help="score threshold before NMS")
@@ -23,10 +25,13 @@ class EvalSettings:
     workers: int = option(0, help="data loader worker processes")
     skip_bad: bool = option(False, help="leave out unreadable images and bad label files instead of stopping")
     device: str = option("auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    intervals: bool = option(
+        True, flag="--no-intervals", help="leave out the 95 %% bootstrap intervals of the mAPs (1000 resamples of the images, about a second)",
+    )
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
-        require(self.split in SPLITS, "split", " or ".join(SPLITS), self.split)
+        require(self.split is None or self.split in SPLITS, "split", " or ".join(SPLITS), self.split)
         check_img_size(self.img_size)
         require(is_whole(self.batch) and self.batch >= 1, "batch", "a whole number >= 1", self.batch)
         require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)

@@ -39,20 +39,24 @@ class Validator:
     def __init__(self, settings: EvalSettings, max_images: int | None = None, progress: bool = True):
         self.settings = settings
         self.spec = load_data_spec(settings.data)
+        # What reports a number reads test when there is one; what chooses (training, the pruning
+        # search) asks for valid by name.
+        self.split = settings.split or ("test" if self.spec.test is not None else "valid")
         self.device = resolve_device(settings.device)
         self.progress = progress
-        loader = image_loader(self.spec, settings.split, settings.img_size, settings.batch, settings.workers, skip_bad=settings.skip_bad, device=self.device)
+        loader = image_loader(self.spec, self.split, settings.img_size, settings.batch, settings.workers, skip_bad=settings.skip_bad, device=self.device)
         self.batches = loader if max_images is None else list(_first_images(loader, max_images))
 
     @property
     def list_file(self) -> Path:
-        return self.spec.list_for(self.settings.split)
+        return self.spec.list_for(self.split)
 
     def __call__(self, model) -> DetectionMetrics:
         if model.num_classes != self.spec.classes:
             raise DataError(f"dataset has {self.spec.classes} classes, the model predicts {model.num_classes}", self.spec.path)
         return evaluate_model(
             model, self.batches, conf_thres=self.settings.conf, iou_thres=self.settings.iou, device=self.device, progress=self.progress,
+            intervals=self.settings.intervals,
         )
 
     def map50(self, model) -> float:

@@ -61,11 +61,12 @@ def _make_recalibrator(settings: PruneSettings, img_size: int):
 
 
 def make_map50_evaluator(settings: PruneSettings, img_size: int):
-    """mAP@0.5 on the valid split of `settings.data`, as a function of the model."""
+    """mAP@0.5 on the valid split of `settings.data`, as a function of the model (the search chooses
+    by it, so it never reads the test split)."""
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
-    evaluation = EvalSettings(data=settings.data, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
+    evaluation = EvalSettings(data=settings.data, split="valid", intervals=False, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
     return Validator(evaluation, progress=False).map50
 
 

@@ -221,8 +221,8 @@ class Trainer:
         )
         self.validator = None
         if self.is_main and settings.eval_every > 0:
-            evaluation = EvalSettings(
-                data=settings.data, img_size=self.img_size, batch=settings.batch_size, conf=settings.conf_thres, iou=settings.iou_thres,
+            evaluation = EvalSettings(  # valid: best.pt is chosen by this score
+                data=settings.data, split="valid", intervals=False, img_size=self.img_size, batch=settings.batch_size, conf=settings.conf_thres, iou=settings.iou_thres,
                 workers=settings.workers, skip_bad=settings.skip_bad, device=str(self.device),
             )
             self.validator = Validator(evaluation, progress=settings.progress)
