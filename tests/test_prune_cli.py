@@ -137,6 +137,8 @@ def test_auto_prune_with_calibration_on_a_synthetic_dataset(tmp_path, monkeypatc
     assert main([*args, "--max-map-drop", "0.65", "--calibrate", "4", "--auto-steps", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["calibrated_images"] == 4
+    assert set(report["folding"]) == {"map50_zeroed_gamma", "map50_compact"}
+    assert all(0 <= value <= 2 for value in report["folding"].values())  # the scripted term adds up to 1
     auto = report["auto"]
     floor = auto["map50_before"] - 0.65
     trials = auto["trials"]

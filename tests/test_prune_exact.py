@@ -149,3 +149,19 @@ def test_removed_block_read_by_a_route_is_replaced_by_its_input():
     assert any(block_input in inputs for inputs in new_routes)
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(4))
     assert max_diff(heads(mask_model(model, plan), x), heads(compact, x)) <= 1e-4
+
+
+def test_zero_removed_gammas_is_what_the_compact_model_computes_where_consumers_are_1x1():
+    """The zeroed-γ network (the prune report's folding reference) leaves the model as it was, zeroes
+    exactly the planned channels, and equals the compact model when every consumer is 1×1."""
+    from yoloprune.prune.apply import zero_removed_gammas
+
+    model = build(conv(8, 3), conv(8), conv(6))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    plan = plan_channel_prune(model, "safe", ratio=0.5)
+    zeroed = zero_removed_gammas(model, plan)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    for idx, kept in plan.kept_channels.items():
+        gamma = zeroed.layers[idx].bn.weight
+        assert set(torch.nonzero(gamma == 0).flatten().tolist()) == set(range(len(gamma))) - set(kept)
+    assert max_diff(heads(zeroed, X), heads(prune_model(model, plan), X)) < 1e-5

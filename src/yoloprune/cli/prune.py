@@ -50,6 +50,11 @@ def run_prune(args: argparse.Namespace) -> int:
     )
     if outcome.auto is not None:
         print(f"mAP@0.5: {outcome.auto.map50_before:.4f} -> {outcome.auto.map50_after:.4f} (no finetune)")
+    if report.folding is not None:
+        print(
+            f"folding, valid mAP@0.5: removed channels' γ set to 0 {report.folding['map50_zeroed_gamma']:.4f}, "
+            f"compact model {report.folding['map50_compact']:.4f} (before BN re-calibration)"
+        )
     print(f"time: plan {report.plan_seconds:.2f} s, apply {report.apply_seconds:.2f} s")
     print("wrote: " + ", ".join(str(p) for p in outcome.paths.values()))
     return 0

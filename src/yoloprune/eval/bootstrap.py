@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from yoloprune.eval.evaluate import _as_array, _check_classes
+from yoloprune.eval.evaluate import checked_image_boxes
 
 # The same arrays as faster-coco-eval's Params (np.linspace values, not rounded decimals): recall
 # and IoU are compared against them exactly.
@@ -162,10 +162,7 @@ def match_detections(predictions_per_image: Sequence, ground_truths_per_image: S
     per_image = []
     ground_truth_counts = np.zeros((len(ground_truths_per_image), num_classes), dtype=np.int64)
     for image_idx, (predictions, ground_truths) in enumerate(zip(predictions_per_image, ground_truths_per_image)):
-        predictions = _as_array(predictions, 6, "predictions", image_idx)
-        ground_truths = _as_array(ground_truths, 5, "ground truth", image_idx)
-        _check_classes(predictions[:, 5], num_classes, "predictions", image_idx)
-        _check_classes(ground_truths[:, 0], num_classes, "ground truth", image_idx)
+        predictions, ground_truths = checked_image_boxes(predictions, ground_truths, num_classes, image_idx)
         counted_gt = ground_truths[~_outside_area_range(ground_truths[:, 1:5]), 0].astype(np.int64)
         ground_truth_counts[image_idx] = np.bincount(counted_gt, minlength=num_classes)
         per_image.append(_match_image(predictions, ground_truths))

@@ -75,6 +75,16 @@ def _check_classes(classes: np.ndarray, num_classes: int, what: str, image_idx: 
         raise ValueError(f"{what} of image {image_idx} has class ids {np.unique(classes).tolist()}, expected integers in [0, {num_classes})")
 
 
+def checked_image_boxes(predictions, ground_truths, num_classes: int, image_idx: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image's detections (K, 6) and ground truth (M, 5) as float64 arrays, shapes and class
+    ids checked (ValueError naming the image)."""
+    predictions = _as_array(predictions, 6, "predictions", image_idx)
+    ground_truths = _as_array(ground_truths, 5, "ground truth", image_idx)
+    _check_classes(predictions[:, 5], num_classes, "predictions", image_idx)
+    _check_classes(ground_truths[:, 0], num_classes, "ground truth", image_idx)
+    return predictions, ground_truths
+
+
 def _xyxy_to_coco(box: list[float]) -> list[float]:
     return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
 
@@ -108,10 +118,7 @@ def _coco_annotations(
     gt_annotations: list[dict] = []
     dt_annotations: list[dict] = []
     for image_idx, (predictions, ground_truths) in enumerate(zip(predictions_per_image, ground_truths_per_image)):
-        ground_truths = _as_array(ground_truths, 5, "ground truth", image_idx)
-        predictions = _as_array(predictions, 6, "predictions", image_idx)
-        _check_classes(ground_truths[:, 0], num_classes, "ground truth", image_idx)
-        _check_classes(predictions[:, 5], num_classes, "predictions", image_idx)
+        predictions, ground_truths = checked_image_boxes(predictions, ground_truths, num_classes, image_idx)
         for row in ground_truths.tolist():
             bbox = _xyxy_to_coco(row[1:5])
             gt_annotations.append(

@@ -21,6 +21,7 @@ and `build_compact_model` slices it. The compact model equals the keep-size mode
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -141,6 +142,18 @@ def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Te
                 log.warning("[yolo] %d reads a layer carrying a folded constant; it cannot absorb it", idx)
             offsets.append(offset if offset is not None and offset.abs().max() > 0 else None)
     return state
+
+
+def zero_removed_gammas(model: Darknet, plan: PrunePlan) -> Darknet:
+    """A copy of `model` whose removed channels have γ = 0 and keep their β: each outputs its constant
+    act(β), which is what folding assumes. Folding makes the compact model equal to this one wherever
+    every consumer of a removed channel is 1×1; a k×k consumer differs at the zero-padded border, where
+    the constant is not there to be folded."""
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for idx, mask in _removed_masks(model, plan).items():
+            zeroed.layers[idx].bn.weight[mask.to(zeroed.layers[idx].bn.weight.device)] = 0
+    return zeroed
 
 
 def mask_model(model: Darknet, plan: PrunePlan) -> Darknet:

@@ -20,7 +20,7 @@ import torch
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
 from yoloprune.fileio import atomic_directory
-from yoloprune.prune.apply import prune_model
+from yoloprune.prune.apply import prune_model, zero_removed_gammas
 from yoloprune.prune.auto import AutoPruneResult, search_max_pruning
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.layer import plan_layer_prune
@@ -68,6 +68,20 @@ def make_map50_evaluator(settings: PruneSettings, img_size: int):
 
     evaluation = EvalSettings(data=settings.data, split="valid", intervals=False, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
     return Validator(evaluation, progress=False).map50
+
+
+def _apply(model: Darknet, plan: PrunePlan, settings: PruneSettings, img_size: int, recalibrate) -> tuple[Darknet, PruneReport]:
+    """The compact model and its report; with data, the report measures folding on the validation
+    images (the zeroed-γ network against the compact one, before BN re-calibration)."""
+    start = time.perf_counter()
+    pruned = prune_model(model, plan)
+    report = build_prune_report(model, pruned, plan, apply_seconds=time.perf_counter() - start)
+    if settings.data:
+        evaluate = make_map50_evaluator(settings, img_size)
+        report.folding = {"map50_zeroed_gamma": evaluate(zero_removed_gammas(model, plan)), "map50_compact": evaluate(pruned)}
+    if recalibrate is not None:
+        report.calibrated_images = recalibrate(pruned)
+    return pruned, report
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -128,12 +142,8 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
         plan.save(staging / "plan.json")
         written = ["plan.json"]
         if not settings.plan_only:
-            apply_start = time.perf_counter()
-            pruned = prune_model(model, plan)
-            report = build_prune_report(model, pruned, plan, apply_seconds=time.perf_counter() - apply_start)
+            pruned, report = _apply(model, plan, settings, img_size, recalibrate)
             report.plan_seconds = plan_seconds
-            if recalibrate is not None:
-                report.calibrated_images = recalibrate(pruned)
             if auto_result is not None:
                 report.auto = auto_result.to_dict()
             written += list(write_prune_outputs(staging, pruned, report, plan))
