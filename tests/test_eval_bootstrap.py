@@ -12,6 +12,7 @@ from yoloprune.eval.bootstrap import (
     IOU_THRESHOLDS,
     MAX_DETECTIONS,
     RECALL_THRESHOLDS,
+    bootstrap_difference_intervals,
     bootstrap_map_intervals,
     format_with_interval,
     match_detections,
@@ -239,3 +240,23 @@ def test_format_with_interval_shows_the_half_width():
     assert format_with_interval(0.286, (0.27, 0.31)) == "0.2860 ± 0.0200"  # asymmetric: half the width still
     assert format_with_interval(0.286, None) == "0.2860"
     assert format_with_interval(0.5, (0.4, 0.6), digits=2) == "0.50 ± 0.10"
+
+
+def test_paired_difference_intervals_pair_the_images():
+    """A model against itself differs by exactly 0; swapping the two mirrors the interval; a model
+    that lost some of its best detections is measurably worse, and the paired interval is narrower
+    than the two models' own intervals would suggest."""
+    predictions, ground_truths = realistic_case(3, 200)
+    weaker = [p[p[:, 4] < np.quantile(p[:, 4], 0.97)] if len(p) else p for p in predictions]  # drops each image's top 3 %
+    matches, weaker_matches = (match_detections(p, ground_truths, 5) for p in (predictions, weaker))
+    assert bootstrap_difference_intervals(matches, matches, resamples=200) == {"map50_delta_ci": (0.0, 0.0), "map_delta_ci": (0.0, 0.0)}
+    down = bootstrap_difference_intervals(weaker_matches, matches, resamples=300)
+    up = bootstrap_difference_intervals(matches, weaker_matches, resamples=300)
+    assert down["map50_delta_ci"] == pytest.approx((-up["map50_delta_ci"][1], -up["map50_delta_ci"][0]))
+    point = pooled_map(weaker_matches)[0] - pooled_map(matches)[0]
+    assert down["map50_delta_ci"][0] <= point <= down["map50_delta_ci"][1] < 0
+    own = [bootstrap_map_intervals(m, resamples=300)["map50_ci"] for m in (matches, weaker_matches)]
+    paired_width = down["map50_delta_ci"][1] - down["map50_delta_ci"][0]
+    assert paired_width < 0.5 * sum(high - low for low, high in own)
+    with pytest.raises(ValueError, match="same images"):
+        bootstrap_difference_intervals(match_detections(predictions[:10], ground_truths[:10], 5), matches)

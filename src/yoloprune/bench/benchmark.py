@@ -57,6 +57,9 @@ class ModelBench:
     map: float | None = None
     map50_ci: tuple[float, float] | None = None  # 95 % bootstrap interval over the images
     map_ci: tuple[float, float] | None = None
+    # 95 % paired bootstrap intervals of the difference to the first model (same images resampled)
+    map50_delta_ci: tuple[float, float] | None = None
+    map_delta_ci: tuple[float, float] | None = None
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -147,9 +150,17 @@ def _add_map(results: list[ModelBench], models, settings: BenchSettings, progres
         EvalSettings(data=settings.data, split=settings.split, img_size=settings.img_size, batch=settings.batch, workers=settings.workers, device="cpu"),
         progress=progress,
     )
+    from yoloprune.eval.bootstrap import bootstrap_difference_intervals
+
+    reference = None
     for bench, (_, model) in zip(results, models):
         metrics = validator(model)
         bench.map50, bench.map, bench.map50_ci, bench.map_ci = metrics.map50, metrics.map, metrics.map50_ci, metrics.map_ci
+        if reference is None:
+            reference = metrics.matches
+        elif metrics.matches is not None:
+            deltas = bootstrap_difference_intervals(metrics.matches, reference)
+            bench.map50_delta_ci, bench.map_delta_ci = deltas["map50_delta_ci"], deltas["map_delta_ci"]
     return validator.split, metrics.images
 
 

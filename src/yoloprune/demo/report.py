@@ -55,16 +55,20 @@ def _comparison(p, bench, table: str) -> list[str]:
         ratios("latency (ONNX Runtime)", "latency_ms_ort"),
         f"| mAP@0.5 change | {map_change(base, pruned)} | {map_change(base, tuned)} |",
         "",
+        "mAP@0.5 change: the difference to the baseline on the same test images, with its 95 % paired bootstrap "
+        "interval (every resample draws the same images for both models); an interval that holds 0 is no measurable change.",
+        "",
     ]
 
 
 def map_change(base, other) -> str:
-    """The mAP@0.5 difference, called no measurable change when the two 95 % intervals overlap."""
+    """The mAP@0.5 difference with its paired 95 % interval; one that holds 0 is no measurable change."""
     text = f"{other.map50 - base.map50:+.4f}"
-    if base.map50_ci is None or other.map50_ci is None:
+    interval = other.map50_delta_ci
+    if interval is None:
         return text
-    overlap = other.map50_ci[0] <= base.map50_ci[1] and base.map50_ci[0] <= other.map50_ci[1]
-    return f"{text} (no measurable change: the intervals overlap)" if overlap else text
+    text += f" ({interval[0]:+.4f} to {interval[1]:+.4f})"
+    return f"{text}: no measurable change" if interval[0] <= 0 <= interval[1] else text
 
 
 def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float) -> list[str]:

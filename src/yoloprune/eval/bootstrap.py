@@ -257,31 +257,60 @@ def _copies_per_image(draws: np.ndarray, images: int) -> np.ndarray:
     return np.bincount((draws + offsets).ravel(), minlength=len(draws) * images).reshape(len(draws), images).astype(np.float64)
 
 
-def bootstrap_map_intervals(matches: DetectionMatches, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals over images: {"map50_ci": (low, high), "map_ci": (low, high)}.
-
-    Each resample draws as many images as were evaluated, with replacement (numpy Generator seeded
-    with `seed`, so a fixed seed gives the same intervals).
-    """
+def _check_bootstrap(resamples: int, level: float) -> None:
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1, got {level}")
-    if matches.images == 0:
-        return {"map50_ci": (0.0, 0.0), "map_ci": (0.0, 0.0)}
+
+
+def _resampled_maps(matches: DetectionMatches, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, IoU thresholds) APs of image resamples drawn from `seed`: the same seed and image
+    count give the same draws, which is what pairs two models scored on the same images."""
     rng = np.random.default_rng(seed)
     per_threshold = []
     for start in range(0, resamples, _RESAMPLES_PER_BATCH):
         draws = rng.integers(0, matches.images, size=(min(_RESAMPLES_PER_BATCH, resamples - start), matches.images))
         per_threshold.append(_map_per_threshold(matches, _copies_per_image(draws, matches.images)))
-    per_threshold = np.concatenate(per_threshold)
+    return np.concatenate(per_threshold)
+
+
+def _percentile_intervals(per_threshold: np.ndarray, level: float, suffix: str) -> dict:
     tail = (1 - level) / 2
 
     def interval(values: np.ndarray) -> tuple[float, float]:
         low, high = np.quantile(values, [tail, 1 - tail])
         return float(low), float(high)
 
-    return {"map50_ci": interval(per_threshold[:, 0]), "map_ci": interval(per_threshold.mean(axis=1))}
+    return {f"map50{suffix}": interval(per_threshold[:, 0]), f"map{suffix}": interval(per_threshold.mean(axis=1))}
+
+
+def bootstrap_map_intervals(matches: DetectionMatches, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals over images: {"map50_ci": (low, high), "map_ci": (low, high)}.
+
+    Each resample draws as many images as were evaluated, with replacement (numpy Generator seeded
+    with `seed`, so a fixed seed gives the same intervals).
+    """
+    _check_bootstrap(resamples, level)
+    if matches.images == 0:
+        return {"map50_ci": (0.0, 0.0), "map_ci": (0.0, 0.0)}
+    return _percentile_intervals(_resampled_maps(matches, resamples, seed), level, "_ci")
+
+
+def bootstrap_difference_intervals(
+    matches: DetectionMatches, reference: DetectionMatches, resamples: int = 1000, seed: int = 0, level: float = 0.95,
+) -> dict:
+    """Paired intervals of mAP(`matches`) − mAP(`reference`), two models scored on the same images:
+    {"map50_delta_ci": ..., "map_delta_ci": ...}. Every resample draws the same images for both, so
+    the image-to-image variation they share cancels; an interval holding 0 is no measurable change.
+    Far narrower than comparing the two models' own intervals, which ignores that pairing."""
+    _check_bootstrap(resamples, level)
+    if matches.images != reference.images:
+        raise ValueError(f"paired intervals need the same images: {matches.images} vs {reference.images}")
+    if matches.images == 0:
+        return {"map50_delta_ci": (0.0, 0.0), "map_delta_ci": (0.0, 0.0)}
+    difference = _resampled_maps(matches, resamples, seed) - _resampled_maps(reference, resamples, seed)
+    return _percentile_intervals(difference, level, "_delta_ci")
 
 
 def format_with_interval(value: float, interval: tuple[float, float] | None, digits: int = 4) -> str:

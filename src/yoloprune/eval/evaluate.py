@@ -24,7 +24,7 @@ Reported numbers:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -50,9 +50,12 @@ class DetectionMetrics:
     detections: int
     map50_ci: tuple[float, float] | None = None
     map_ci: tuple[float, float] | None = None
+    # The per-image matches the intervals came from (kept for paired comparisons between models
+    # scored on the same images, `bootstrap.bootstrap_difference_intervals`); not part of the record.
+    matches: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        values = asdict(self)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "matches"}
         for name in ("map50_ci", "map_ci"):
             if values[name] is not None:
                 values[name] = list(values[name])  # JSON has lists, not tuples
@@ -200,7 +203,7 @@ def compute_detection_metrics(
         from yoloprune.eval.bootstrap import bootstrap_map_intervals, match_detections  # it imports this module
 
         matches = match_detections(predictions_per_image, ground_truths_per_image, num_classes)
-        interval_fields = bootstrap_map_intervals(matches, resamples=resamples, seed=seed)
+        interval_fields = {**bootstrap_map_intervals(matches, resamples=resamples, seed=seed), "matches": matches}
     if not gt_annotations:
         log.warning("no ground-truth boxes in %d images: mAP is undefined, reported as 0", len(images))
         return DetectionMetrics(map50=0.0, map=0.0, map75=0.0, precision=0.0, recall=0.0, f1=0.0, ar100=0.0, **counts, **interval_fields)
