@@ -6,7 +6,7 @@ import torch
 from helpers import CONFIGS, FIXTURES, REFERENCE_CFGS, randomize_bn
 from yoloprune.bench.profile import profile_model
 from yoloprune.cli import main
-from yoloprune.darknet.cfg import RouteBlock, ShortcutBlock, load_cfg, parse_cfg
+from yoloprune.darknet.cfg import RouteBlock, ShortcutBlock, parse_cfg
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.errors import CfgError
 

@@ -1,9 +1,6 @@
 """Property tests: whatever bytes or cfg text arrive, only the project's own errors escape, naming the file."""
 
-from pathlib import Path
-
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
 from yoloprune.fileio import atomic_directory
