@@ -68,14 +68,13 @@ def make_map50_evaluator(settings: PruneSettings, img_size: int):
     return Validator(evaluation, progress=False).map50
 
 
-def _apply(model: Darknet, plan: PrunePlan, settings: PruneSettings, img_size: int, recalibrate) -> tuple[Darknet, PruneReport]:
-    """The compact model and its report; with data, the report measures folding on the validation
-    images (the zeroed-γ network against the compact one, before BN re-calibration)."""
+def _apply(model: Darknet, plan: PrunePlan, evaluate, recalibrate) -> tuple[Darknet, PruneReport]:
+    """The compact model and its report; with an evaluator (data given), the report measures folding
+    on the validation images (the zeroed-γ network against the compact one, before BN re-calibration)."""
     start = time.perf_counter()
     pruned = prune_model(model, plan)
     report = build_prune_report(model, pruned, plan, apply_seconds=time.perf_counter() - start)
-    if settings.data:
-        evaluate = make_map50_evaluator(settings, img_size)
+    if evaluate is not None:
         report.folding = {"map50_zeroed_gamma": evaluate(zero_removed_gammas(model, plan)), "map50_compact": evaluate(pruned)}
     if recalibrate is not None:
         report.calibrated_images = recalibrate(pruned)
@@ -107,13 +106,15 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
     model = model.eval()
     img_size = settings.img_size or model.cfg.net.width
     recalibrate = _make_recalibrator(settings, img_size) if settings.calibration_images() else None
+    # One validation loader for the search and the folding measurement.
+    needs_evaluator = settings.data and (settings.max_map_drop is not None or not settings.plan_only)
+    evaluate = make_map50_evaluator(settings, img_size) if needs_evaluator else None
     start = time.perf_counter()
     search_blocks = settings.layers == "auto"
     blocks = [] if search_blocks else plan_layer_prune(model, settings.layers)
     common = dict(min_keep=settings.min_keep, round_to=settings.round_to, img_size=img_size, removed_blocks=blocks)
     auto_result = None
     if settings.max_map_drop is not None:
-        evaluate = make_map50_evaluator(settings, img_size)
         auto_result = search_max_pruning(
             model, evaluate, settings.max_map_drop, settings.mode, apply=prune_model, steps=settings.auto_steps,
             recalibrate=recalibrate, search_blocks=search_blocks, **common,
@@ -140,7 +141,7 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
         plan.save(staging / "plan.json")
         written = ["plan.json"]
         if not settings.plan_only:
-            pruned, report = _apply(model, plan, settings, img_size, recalibrate)
+            pruned, report = _apply(model, plan, evaluate, recalibrate)
             report.plan_seconds = plan_seconds
             if auto_result is not None:
                 report.auto = auto_result.to_dict()
