@@ -20,13 +20,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights_required: bool 
 
 def add_command(
     subparsers, name: str, settings_class, handler: Callable[[argparse.Namespace], int], help: str, description: str,
-    model: bool = False, defaults: bool = True,
+    model: bool = False, defaults: bool = True, weights_help: str = WEIGHTS_HELP,
 ) -> argparse.ArgumentParser:
     """A command whose flags are the fields of `settings_class` (after `--cfg`/`--weights` with
     `model=True`); `handler` gets the parsed namespace, the CLI reports bad values under their flags."""
     parser = subparsers.add_parser(name, help=help, description=description)
     if model:
-        add_model_arguments(parser)
+        add_model_arguments(parser, weights_help=weights_help)
     add_arguments(parser, settings_class, defaults=defaults)
     parser.set_defaults(func=handler, settings_class=settings_class)
     return parser

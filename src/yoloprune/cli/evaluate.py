@@ -18,9 +18,12 @@ def register(subparsers) -> None:
         help="mAP@0.5, mAP@0.5:0.95, precision, recall on a split of a .data (COCO protocol)",
         description="Evaluate a model on an image list of a .data file (--split; default test when the .data has one, else valid) with "
         "faster-coco-eval (COCO protocol: 101-point AP, 100 detections per image). Precision and recall "
-        "are the best-F1 point of the IoU-0.5 precision-recall curve, averaged over classes.",
+        "are the best-F1 point of the IoU-0.5 precision-recall curve, averaged over classes. The model runs in PyTorch "
+        "(.pt or darknet .weights), ONNX Runtime (--weights an .onnx from export) or OpenCV DNN (--backend opencv, "
+        "--cfg and darknet .weights); letterboxing, NMS and scoring are the same for all three.",
+        weights_help="darknet .weights, yoloprune .pt, or an .onnx written by export",
     )
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object: map50, map, precision, recall, images, ...")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object: backend, runtime, map50, map, precision, recall, images, ...")
 
     add_command(
         subparsers, "detect", DetectSettings, run_detect, model=True,
@@ -31,20 +34,23 @@ def register(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from yoloprune.darknet.weights import load_model
     from yoloprune.eval.bootstrap import format_with_interval
+    from yoloprune.eval.runtimes import describe_runtime, load_eval_model, resolve_backend
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
     settings = from_arguments(EvalSettings, args)
+    backend = resolve_backend(args.cfg, args.weights, settings.backend)  # a bad combination stops before the data is read
     validator = Validator(settings)
-    model = load_model(args.cfg, args.weights, validator.device)
+    model = load_eval_model(args.cfg, args.weights, backend, validator.device, settings.img_size)
+    runtime = describe_runtime(model, validator.device)
     metrics = validator(model)
     if args.json:
-        print(json.dumps(metrics.to_dict()))
+        print(json.dumps({"backend": backend, "runtime": runtime, **metrics.to_dict()}))
         return 0
     print(f"data:          {validator.spec.path} ({validator.split}: {validator.list_file})")
     print(f"model:         {args.weights}" + (f"  cfg {args.cfg}" if args.cfg else ""))
+    print(f"runtime:       {backend}: {runtime}")
     print(f"images:        {metrics.images}   ground truths: {metrics.ground_truths}   detections: {metrics.detections}")
     print(f"mAP@0.5:       {format_with_interval(metrics.map50, metrics.map50_ci)}{_interval_text(metrics.map50_ci)}")
     print(f"mAP@0.5:0.95:  {format_with_interval(metrics.map, metrics.map_ci)}{_interval_text(metrics.map_ci)}")

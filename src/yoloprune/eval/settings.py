@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from yoloprune.settings import check_img_size, is_whole, option, require, resolve_device
 
 SPLITS = ("train", "valid", "test")
+# Where the model runs: auto picks PyTorch for .pt/.weights and ONNX Runtime for .onnx
+# (`yoloprune.eval.runtimes`); opencv runs a darknet cfg + .weights in OpenCV DNN.
+BACKENDS = ("auto", "torch", "onnxruntime", "opencv")
 
 
 @dataclass
@@ -25,6 +28,11 @@ class EvalSettings:
     workers: int = option(0, help="data loader worker processes")
     skip_bad: bool = option(False, help="leave out unreadable images and bad label files instead of stopping")
     device: str = option("auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    backend: str = option(
+        "auto", choices=BACKENDS,
+        help="runtime of the model: torch, onnxruntime (an .onnx from `export`), opencv (OpenCV DNN on --cfg + darknet .weights); "
+        "auto: onnxruntime for .onnx, else torch",
+    )
     intervals: bool = option(
         True, flag="--no-intervals", help="leave out the 95 %% bootstrap intervals of the mAPs (1000 resamples of the images, about a second)",
     )
@@ -37,6 +45,7 @@ class EvalSettings:
         require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)
         check_score_thresholds(self.conf, self.iou)
         resolve_device(self.device)
+        require(self.backend in BACKENDS, "backend", " or ".join(BACKENDS), self.backend)
 
 
 def check_score_thresholds(conf: float, iou: float) -> None:
