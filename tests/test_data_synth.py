@@ -113,6 +113,26 @@ def test_boxes_lie_inside_the_image_and_on_hand_pixels():
         assert (boxes[:, 2:] - boxes[:, :2] >= 3).all()
 
 
+@pytest.mark.parametrize("max_distractors", [0, 1, 3, 6])
+def test_max_distractors_bounds_the_look_alikes_drawn(monkeypatch, max_distractors):
+    import yoloprune.data.synth as synth
+
+    drawn = []
+    original = synth.draw_distractor
+
+    def counting(*args, **kwargs):
+        drawn[-1] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(synth, "draw_distractor", counting)
+    for index in range(40):
+        drawn.append(0)
+        render_synthetic_image(np.random.default_rng([2, index]), 64, max_distractors=max_distractors)
+    assert max(drawn) <= max_distractors and min(drawn) == min(1, max_distractors)
+    if max_distractors:
+        assert max(drawn) == max_distractors  # 40 images reach the largest count
+
+
 def test_check_reports_no_problems(synth_data, capsys):
     report = check_dataset(synth_data, progress=False)
     assert report.problems == [] and report.splits[0].images == 12 and report.splits[1].images == 4

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from helpers import CONFIGS, randomize_bn, sparse_nano
-from yoloprune.cli import main
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
 from yoloprune.train.distill import OutputDistillation
@@ -55,57 +54,6 @@ def test_plot_draws_the_channels_of_a_prune_report_and_refuses_a_broken_one(tmp_
     (tmp_path / "report.json").write_text('{"mode": "full",\n')
     with pytest.raises(YoloPruneError, match="report.json:2: not valid JSON"):
         plot_run(tmp_path)
-
-
-@pytest.mark.slow
-def test_quick_demo_produces_report_figures_and_bench(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
-    report = (out / "report.md").read_text()
-    assert "| baseline |" in report and "| pruned |" in report and "| finetuned |" in report
-    for name in ("gamma_quantiles", "gamma_traces", "gamma_hist", "channels"):
-        png = out / "figures" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-        assert f"figures/{name}.png" in report
-    import json
-
-    bench = json.loads((out / "bench.json").read_text())
-    assert set(bench["models"]) == {"baseline", "pruned", "finetuned"}
-    assert bench["models"]["pruned"]["gmacs"] <= bench["models"]["baseline"]["gmacs"]
-
-    # A re-run with other pruning settings reuses data, baseline and sparse model, and re-runs the
-    # pruning and the finetuning (whose input, the pruned model, changed); a re-run with the same
-    # settings re-runs nothing.
-    from dataclasses import replace
-
-    from yoloprune.demo import PROFILES, run_demo
-    from yoloprune.stage import file_digest
-
-    def stamps(*names: str) -> dict:
-        return {name: (out / name).stat().st_mtime_ns for name in names}
-
-    upstream = ("data/synth.data", "baseline/last.pt", "sparse/last.pt")
-    kept = stamps(*upstream)
-    old_finetune = (out / "finetune/last.pt").read_bytes()
-    run_demo(out, replace(PROFILES["quick"], max_map_drop=0.05))
-    assert stamps(*upstream) == kept
-    assert json.loads((out / "prune/report.json").read_text())["settings"]["max_map_drop"] == 0.05
-    assert (out / "finetune/last.pt").read_bytes() != old_finetune
-    finetune_record = json.loads((out / "finetune/stage.json").read_text())
-    assert finetune_record["inputs"]["weights"]["sha256"] == file_digest(out / "prune/pruned.pt")
-    assert finetune_record["settings"]["epochs"] == 1
-
-    kept = stamps(*upstream, "prune/pruned.pt", "finetune/last.pt")
-    run_demo(out, replace(PROFILES["quick"], max_map_drop=0.05))
-    assert stamps(*upstream, "prune/pruned.pt", "finetune/last.pt") == kept
-    # the finetune stage distilled from the baseline
-    from yoloprune.train.metrics import read_metrics_csv
-
-    rows = read_metrics_csv(out / "finetune" / "metrics.csv")
-    assert rows and any(key.startswith("loss") for key in rows[-1])
-    # plot command regenerates the figures
-    assert main(["plot", str(out / "sparse"), "--out", str(tmp_path / "figs")]) == 0
-    assert (tmp_path / "figs" / "gamma_hist.png").exists()
 
 
 def test_gamma_histogram_counts_every_considered_channel():

@@ -1,4 +1,6 @@
-"""The demo report's "reproduce stage by stage" commands, run one by one, rebuild the demo's files."""
+"""One quick demo, checked three ways: its report (every row, the controls, the three runtimes, the
+figures), its "reproduce stage by stage" commands (run one by one, they rebuild the demo's files),
+and its reuse of valid stages when run again."""
 
 from __future__ import annotations
 
@@ -51,23 +53,93 @@ def assert_same_content(name: str, first: Path, second: Path) -> None:
         assert first.read_bytes() == second.read_bytes(), name
 
 
+ROWS = {"baseline", "baseline-equal-epochs", "sparse", "pruned", "finetuned", "scratch"}
+
+
 @pytest.mark.slow
-def test_the_reported_commands_reproduce_the_quick_demo(tmp_path, monkeypatch):
+def test_quick_demo_report_reproduction_and_reuse(tmp_path, monkeypatch):
     (tmp_path / "first").mkdir()
     monkeypatch.chdir(tmp_path / "first")
     run_demo("demo", "quick")
-    report = Path("demo/report.md").read_text()
-    commands = re.search(r"```bash\n(.*?)```", report, flags=re.S).group(1).splitlines()
-    assert [line.split()[1] for line in commands] == ["data", "train", "train", "prune", "train", "bench", "plot", "plot"]
+    out = tmp_path / "first" / "demo"
+    check_report(out)
+    commands = re.search(r"```bash\n(.*?)```", (out / "report.md").read_text(), flags=re.S).group(1).splitlines()
+    assert [line.split()[1] for line in commands] == [
+        "data", "train", "train", "prune", "train", "train", "train", "bench", "export", "eval", "eval", "eval", "plot", "plot",
+    ]
 
     second = tmp_path / "second"
     (second / "demo").mkdir(parents=True)
-    shutil.copy("demo/model.cfg", second / "demo" / "model.cfg")  # written by the demo before any stage
+    shutil.copy(out / "model.cfg", second / "demo" / "model.cfg")  # written by the demo before any stage
     monkeypatch.chdir(second)
     for line in commands:
         assert main(shlex.split(line)[1:]) == 0, line
-
-    made, remade = files(tmp_path / "first" / "demo"), files(second / "demo")
+    made, remade = files(out), files(second / "demo")
     assert sorted(made) == sorted(remade)
     for name in made:
         assert_same_content(name, made[name], remade[name])
+
+    monkeypatch.chdir(tmp_path / "first")
+    check_reuse(Path("demo"))  # as the first run named it: stage records hold the paths they were given
+
+
+def check_report(out: Path) -> None:
+    report = (out / "report.md").read_text()
+    bench = json.loads((out / "bench.json").read_text())
+    assert set(bench["models"]) == ROWS and bench["split"] == "test"
+    for name in ROWS:
+        assert f"| {name} |" in report
+    models = bench["models"]
+    assert models["pruned"]["gmacs"] <= models["baseline"]["gmacs"]
+    assert models["scratch"]["gmacs"] == pytest.approx(models["finetuned"]["gmacs"])  # the same architecture
+    for row, reference in (("finetuned", "baseline-equal-epochs"), ("finetuned", "scratch"), ("pruned", "sparse")):
+        assert f"| {row} − {reference} |" in report
+    # The three runtimes score the same model through the same post-processing.
+    line = next(line for line in report.splitlines() if "largest difference" in line)
+    scores = [float(value) for value in re.findall(r"(?:PyTorch|export\)|weights\)) (\d\.\d{4})", line)]
+    assert len(scores) == 3 and max(scores) - min(scores) <= 0.002
+    assert scores[0] == pytest.approx(models["pruned"]["map50"], abs=1e-4)
+    for name in ("gamma_quantiles", "gamma_traces", "gamma_hist", "channels"):
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"figures/{name}.png" in report
+    # the controls trained for the epochs the report says
+    from yoloprune.demo import PROFILES
+    from yoloprune.train.metrics import read_metrics_csv
+
+    p = PROFILES["quick"]
+    assert len(read_metrics_csv(out / "baseline-equal-epochs" / "metrics.csv")) == p.sparse_epochs + p.finetune_epochs
+    assert len(read_metrics_csv(out / "scratch" / "metrics.csv")) == p.baseline_epochs + p.sparse_epochs + p.finetune_epochs
+
+
+def check_reuse(out: Path) -> None:
+    """A re-run with other pruning settings reuses data, baseline, sparse model and the equal-epochs
+    control, and re-runs pruning, finetuning and the scratch control (whose inputs changed); a
+    re-run with the same settings re-runs nothing."""
+    from dataclasses import replace
+
+    from yoloprune.demo import PROFILES
+    from yoloprune.stage import file_digest
+
+    def stamps(*names: str) -> dict:
+        return {name: (out / name).stat().st_mtime_ns for name in names}
+
+    upstream = ("data/synth.data", "baseline/last.pt", "sparse/last.pt", "baseline-equal-epochs/last.pt")
+    kept = stamps(*upstream)
+    old_finetune = (out / "finetune/last.pt").read_bytes()
+    run_demo(out, replace(PROFILES["quick"], max_map_drop=0.05))
+    assert stamps(*upstream) == kept
+    assert json.loads((out / "prune/report.json").read_text())["settings"]["max_map_drop"] == 0.05
+    assert (out / "finetune/last.pt").read_bytes() != old_finetune
+    finetune_record = json.loads((out / "finetune/stage.json").read_text())
+    assert finetune_record["inputs"]["weights"]["sha256"] == file_digest(out / "prune/pruned.pt")
+    scratch_record = json.loads((out / "scratch/stage.json").read_text())
+    assert scratch_record["inputs"]["cfg"]["sha256"] == file_digest(out / "prune/pruned.cfg")
+
+    again = (*upstream, "prune/pruned.pt", "finetune/last.pt", "scratch/last.pt")
+    kept = stamps(*again)
+    run_demo(out, replace(PROFILES["quick"], max_map_drop=0.05))
+    assert stamps(*again) == kept
+    # the plot command regenerates the figures
+    assert main(["plot", str(out / "sparse"), "--out", str(out / "figs")]) == 0
+    assert (out / "figs" / "gamma_hist.png").exists()

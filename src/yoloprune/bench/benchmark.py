@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,8 @@ class ModelBench:
     map50_delta_ci: tuple[float, float] | None = None
     map_delta_ci: tuple[float, float] | None = None
     ratios: dict[str, float] = field(default_factory=dict)
+    # The per-image matches behind the mAP, for paired intervals between any two models; not saved.
+    matches: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -81,7 +83,7 @@ class BenchResult:
             "device": self.device,
             "split": self.split,
             "images": self.images,
-            "models": {m.name: {k: v for k, v in asdict(m).items() if k != "name"} for m in self.models},
+            "models": {m.name: {f.name: getattr(m, f.name) for f in fields(m) if f.name not in ("name", "matches")} for m in self.models},
         }
 
 
@@ -156,6 +158,7 @@ def _add_map(results: list[ModelBench], models, settings: BenchSettings, progres
     for bench, (_, model) in zip(results, models):
         metrics = validator(model)
         bench.map50, bench.map, bench.map50_ci, bench.map_ci = metrics.map50, metrics.map, metrics.map50_ci, metrics.map_ci
+        bench.matches = metrics.matches
         if reference is None:
             reference = metrics.matches
         elif metrics.matches is not None:

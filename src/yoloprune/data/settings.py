@@ -19,12 +19,14 @@ class SynthSettings:
     seed: int = option(0, help="random seed")
     max_hands: int = option(6, help="most hands in one image")
     min_hand_scale: float = option(0.05, help="smallest hand box side as a share of the image (larger = easier)")
+    max_distractors: int = option(6, help="most look-alikes (faces, arms, skin blobs) in one image, at least 1 when > 0 (fewer = easier)")
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "test"):
             require(is_whole(getattr(self, name)) and getattr(self, name) >= 0, name, "a whole number >= 0", getattr(self, name))
         check_img_size(self.img_size)
         require(is_whole(self.max_hands) and self.max_hands >= 1, "max_hands", "a whole number >= 1", self.max_hands)
+        require(is_whole(self.max_distractors) and self.max_distractors >= 0, "max_distractors", "a whole number >= 0", self.max_distractors)
         require(0 < self.min_hand_scale < 1, "min_hand_scale", "a share of the image in (0, 1)", self.min_hand_scale)
 
     def generate(self, progress: bool = True):
@@ -33,7 +35,7 @@ class SynthSettings:
 
         return generate_synthetic_dataset(
             self.out, n_train=self.train, n_val=self.val, n_test=self.test, img_size=self.img_size, seed=self.seed,
-            max_hands=self.max_hands, min_hand_scale=self.min_hand_scale, progress=progress,
+            max_hands=self.max_hands, min_hand_scale=self.min_hand_scale, max_distractors=self.max_distractors, progress=progress,
         )
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 MIN_VISIBLE = 0.3  # share of a hand's pixels that must stay visible for it to be labelled
 MIN_BOX_PX = 3  # labelled boxes are at least this many pixels on each side
 MIN_HAND_SCALE = 0.05  # smallest hand box side, as a share of the image side
+MAX_DISTRACTORS = 6  # most look-alike objects (faces, bare arms, skin blobs, finger shapes) in one image
 # Part of each image's seed: every split draws from its own random streams, so adding a split
 # (or changing its size) leaves the images of the others unchanged.
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -140,17 +141,19 @@ def _finish_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_synthetic_image(
-    rng: np.random.Generator, img_size: int = 256, max_hands: int = 6, min_hand_scale: float = MIN_HAND_SCALE
+    rng: np.random.Generator, img_size: int = 256, max_hands: int = 6, min_hand_scale: float = MIN_HAND_SCALE,
+    max_distractors: int = MAX_DISTRACTORS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image (uint8 BGR, img_size²) and its hand boxes `boxes_xyxy_px` (n, 4) float32.
 
     Hand box sides are log-uniform between `min_hand_scale` and 50 % of the image side (less in
-    crowded images); raising `min_hand_scale` gives an easier task (fewer tiny hands).
+    crowded images); raising `min_hand_scale` gives an easier task (fewer tiny hands), and so does
+    lowering `max_distractors` (fewer look-alikes to tell from hands).
     """
     image = draw_background(rng, img_size)
     owner = np.zeros((img_size, img_size), np.int16)  # which object each pixel shows (0 = background)
     hand_count = int(rng.choice(np.arange(1, max_hands + 1), p=_hand_count_probabilities(max_hands)))
-    distractor_count = int(rng.integers(1, 7))
+    distractor_count = int(rng.integers(1, max_distractors + 1)) if max_distractors else 0
     # Crowded images hold smaller hands, as crowded photos do.
     largest = max(min_hand_scale, 0.5 if hand_count <= 2 else 0.5 / math.sqrt(hand_count / 2))
     order = rng.permutation(hand_count + distractor_count)
@@ -212,6 +215,7 @@ def generate_synthetic_dataset(
     max_hands: int = 6,
     min_hand_scale: float = MIN_HAND_SCALE,
     n_test: int = 0,
+    max_distractors: int = MAX_DISTRACTORS,
 ) -> Path:
     """Write a synthetic hand dataset to `out_dir` and return its `.data` path.
 
@@ -234,7 +238,7 @@ def generate_synthetic_dataset(
         listed[split] = []
         for index in tqdm(range(count), desc=f"synth {split}", unit="img", disable=not progress, leave=False):
             rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-            image, boxes_xyxy = render_synthetic_image(rng, img_size, max_hands, min_hand_scale)
+            image, boxes_xyxy = render_synthetic_image(rng, img_size, max_hands, min_hand_scale, max_distractors)
             quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
             ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if not ok:

@@ -2,7 +2,14 @@
 
     data synth → train (baseline) → train --sparsity (from the baseline) → prune (full mode, largest
     pruning within an mAP tolerance) → train (finetune the pruned model, distilled from the baseline)
-    → bench (params, MB, MACs, latency torch/ORT, mAP) → figures → report.md
+    → controls → bench (params, MB, MACs, latency torch/ORT, test mAP) → the pruned model's mAP in
+    three runtimes → figures → report.md
+
+Two controls answer a skeptic's first questions. *baseline-equal-epochs*: the baseline trained on
+without the penalty for as many epochs as the sparse and finetune stages, so that it has seen as much
+training as the finetuned model. *scratch*: the pruned architecture (`prune/pruned.cfg`) trained from
+random init with the baseline's recipe for the pipeline's total epochs; if it matched the finetuned
+model, the weights pruning keeps would be worth no more than a fresh start.
 
 Each stage is run from the same settings object its command builds from its flags, and that object
 prints itself back as the command line (`settings.to_arguments`), so the report's "reproduce stage
@@ -24,6 +31,7 @@ from pathlib import Path
 from yoloprune.bench.settings import BenchSettings
 from yoloprune.data.settings import SynthSettings
 from yoloprune.demo.profiles import PROFILES, DemoProfile
+from yoloprune.eval.settings import EvalSettings
 from yoloprune.fileio import atomic_write_text
 from yoloprune.prune.settings import PruneSettings
 from yoloprune.settings import to_arguments
@@ -31,6 +39,7 @@ from yoloprune.stage import Stage
 from yoloprune.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
+STAGES = 8  # for the [k/N] progress lines
 
 
 @dataclass
@@ -71,15 +80,15 @@ class DemoPipeline:
         p = self.profile
         settings = SynthSettings(
             out=str(self.out / "data"), train=p.train_images, val=p.val_images, test=p.test_images, img_size=p.img_size,
-            max_hands=p.max_hands, min_hand_scale=p.min_hand_scale,
+            max_hands=p.max_hands, min_hand_scale=p.min_hand_scale, max_distractors=p.max_distractors,
         )
         stage = Stage("data", settings.out, _fingerprint(settings))
         if stage.prepare():
-            log.info("[1/6] reusing the dataset in %s", settings.out)
+            log.info("[1/%d] reusing the dataset in %s", STAGES, settings.out)
         else:
             log.info(
-                "[1/6] generating the synthetic dataset: %d train + %d valid + %d test images at %d px",
-                p.train_images, p.val_images, p.test_images, p.img_size,
+                "[1/%d] generating the synthetic dataset: %d train + %d valid + %d test images at %d px",
+                STAGES, p.train_images, p.val_images, p.test_images, p.img_size,
             )
             settings.generate()
             stage.record()
@@ -108,7 +117,7 @@ class DemoPipeline:
         out = self.out / "prune"
         stage = Stage("prune", out, asdict(settings), {"weights": weights, "data": self.data_record})
         if stage.prepare():
-            log.info("[4/6] reusing the pruned model in %s", out)
+            log.info("[4/%d] reusing the pruned model in %s", STAGES, out)
         else:
             run_pruning(load_model(None, weights, self.device), settings, out, source=str(weights))
             stage.record()
@@ -121,6 +130,27 @@ class DemoPipeline:
         self.commands.append(command_line("bench", settings))
         return bench_and_write(settings)
 
+    def runtimes(self, pruned: Path, cfg: Path, weights: Path, settings: EvalSettings) -> dict[str, float]:
+        """mAP@0.5 of the pruned model in PyTorch, in ONNX Runtime (its ONNX export) and in OpenCV DNN
+        (the darknet cfg + weights `prune` wrote), through the same pre- and post-processing."""
+        from yoloprune.darknet.weights import load_model
+        from yoloprune.eval.runtimes import load_eval_model
+        from yoloprune.eval.validator import Validator
+        from yoloprune.export.onnx import export_onnx
+
+        onnx_path = self.out / "export" / "pruned.onnx"
+        onnx_path.parent.mkdir(exist_ok=True)
+        export_onnx(load_model(None, pruned).eval(), onnx_path, settings.img_size, dynamic_batch=True)
+        self.commands.append(f"yoloprune export --weights {pruned} --out {onnx_path} --img-size {settings.img_size} --dynamic-batch")
+        validator = Validator(settings)
+        scores = {}
+        for backend, model_cfg, model_weights in (("torch", None, pruned), ("onnxruntime", None, onnx_path), ("opencv", cfg, weights)):
+            scores[backend] = validator.map50(load_eval_model(model_cfg, model_weights, backend, validator.device))
+            evaluated = replace(settings, backend=backend)
+            model_flags = (f"--cfg {model_cfg} " if model_cfg else "") + f"--weights {model_weights}"
+            self.commands.append(command_line("eval", evaluated, model_flags))
+        return scores
+
     def figures(self, *run_dirs: Path) -> dict[str, Path]:
         from yoloprune.viz import plot_run
 
@@ -131,7 +161,11 @@ class DemoPipeline:
         return figures
 
 
-def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "default", device: str = "cpu", workers: int = 0) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "default", device: str = "cpu", workers: int = 0, split: str = "test",
+) -> DemoResult:
+    """Run every stage (reusing those still valid) and write report.md; `split` is what the reported
+    mAP reads (what chooses always reads valid)."""
     from yoloprune.darknet.builder import build_yolov3_cfg_text
     from yoloprune.demo.report import write_report
 
@@ -149,38 +183,58 @@ def run_demo(out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "de
         optimizer=p.optimizer, lr=p.lr,
     )
     with run.timed("baseline"):
-        log.info("[2/6] training the baseline (%d epochs)", p.baseline_epochs)
+        log.info("[2/%d] training the baseline (%d epochs)", STAGES, p.baseline_epochs)
         baseline = run.train("baseline", TrainSettings(cfg=str(cfg), out=str(out / "baseline"), epochs=p.baseline_epochs, **common), {"cfg": cfg})
     teacher = baseline.best or baseline.last
+    # The sparse stage's recipe: the equal-epochs control repeats it without the penalty.
+    after_baseline = dict(common, warmup_epochs=0.0)
     with run.timed("sparse"):
-        log.info("[3/6] sparsity training (s=%g, %d epochs)", p.sparsity, p.sparse_epochs)
+        log.info("[3/%d] sparsity training (s=%g, %d epochs)", STAGES, p.sparsity, p.sparse_epochs)
         sparse = run.train("sparse", TrainSettings(
-            weights=str(teacher), out=str(out / "sparse"), epochs=p.sparse_epochs, warmup_epochs=0.0, sparsity=p.sparsity,
-            sparsity_decay=p.sparsity_decay, gamma_lr_scale=p.gamma_lr_scale, **common,
+            weights=str(teacher), out=str(out / "sparse"), epochs=p.sparse_epochs, sparsity=p.sparsity,
+            sparsity_decay=p.sparsity_decay, gamma_lr_scale=p.gamma_lr_scale, **after_baseline,
         ), {"weights": teacher})
     with run.timed("prune"):
-        log.info("[4/6] pruning (full mode, mAP@0.5 tolerance %g)", p.max_map_drop)
+        log.info("[4/%d] pruning (full mode, mAP@0.5 tolerance %g)", STAGES, p.max_map_drop)
         prune_report = run.prune(sparse.last, PruneSettings(
             mode="full", max_map_drop=p.max_map_drop, round_to=p.round_to, data=str(data), img_size=p.img_size,
             auto_steps=p.auto_steps, device=device, workers=workers, layers=p.layers,
         ))
-    pruned = out / "prune" / "pruned.pt"
+    pruned, pruned_cfg = out / "prune" / "pruned.pt", out / "prune" / "pruned.cfg"
     with run.timed("finetune"):
-        log.info("[5/6] finetuning the pruned model (%d epochs, distilled from the baseline)", p.finetune_epochs)
+        log.info("[5/%d] finetuning the pruned model (%d epochs, distilled from the baseline)", STAGES, p.finetune_epochs)
         finetune = run.train("finetune", TrainSettings(
             weights=str(pruned), out=str(out / "finetune"), epochs=p.finetune_epochs, warmup_epochs=0.0, teacher_weights=str(teacher),
             distill_weight=p.distill_weight, **dict(common, lr=p.lr * p.finetune_lr_ratio),
         ), {"weights": pruned, "teacher": teacher})
+    with run.timed("controls"):
+        extra_epochs, total_epochs = p.sparse_epochs + p.finetune_epochs, p.baseline_epochs + p.sparse_epochs + p.finetune_epochs
+        log.info("[6/%d] controls: the baseline trained on for %d epochs without the penalty; the pruned architecture from scratch for %d epochs",
+                 STAGES, extra_epochs, total_epochs)
+        equal = run.train("baseline-equal-epochs", TrainSettings(
+            weights=str(teacher), out=str(out / "baseline-equal-epochs"), epochs=extra_epochs, **after_baseline,
+        ), {"weights": teacher})
+        scratch = run.train("scratch", TrainSettings(
+            cfg=str(pruned_cfg), out=str(out / "scratch"), epochs=total_epochs, **common,
+        ), {"cfg": pruned_cfg})
     with run.timed("bench"):
-        log.info("[6/6] benchmarking baseline / pruned / finetuned")
-        models = {"baseline": teacher, "pruned": pruned, "finetuned": finetune.best or finetune.last}
+        log.info("[7/%d] benchmarking every model on the %s split", STAGES, split)
+        models = {
+            "baseline": teacher, "baseline-equal-epochs": equal.best or equal.last, "sparse": sparse.last, "pruned": pruned,
+            "finetuned": finetune.best or finetune.last, "scratch": scratch.best or scratch.last,
+        }
         bench_json = out / "bench.json"
         bench, table = run.bench(BenchSettings(
-            models=[f"{name}={path}" for name, path in models.items()], data=str(data), img_size=p.img_size, runs=p.bench_runs,
-            workers=workers, json_out=str(bench_json),
+            models=[f"{name}={path}" for name, path in models.items()], data=str(data), split=split, img_size=p.img_size,
+            runs=p.bench_runs, workers=workers, json_out=str(bench_json),
+        ))
+    with run.timed("runtimes"):
+        log.info("[8/%d] the pruned model's mAP in PyTorch, ONNX Runtime and OpenCV DNN", STAGES)
+        runtimes = run.runtimes(pruned, pruned_cfg, out / "prune" / "pruned.weights", EvalSettings(
+            data=str(data), split=split, img_size=p.img_size, workers=workers, device=device, intervals=False,
         ))
         figures = run.figures(out / "sparse", out / "prune")
     seconds = time.perf_counter() - start
-    report_md = write_report(run, bench, table, prune_report, sparse.metrics_csv, figures, seconds)
+    report_md = write_report(run, bench, table, prune_report, sparse.metrics_csv, figures, runtimes, seconds)
     log.info("report: %s (%.1f min)", report_md, seconds / 60)
     return DemoResult(out, report_md, bench_json, figures, seconds)

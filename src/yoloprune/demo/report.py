@@ -32,52 +32,107 @@ def describe_machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.system()} {platform.release()}"
 
 
+ROW_MEANINGS = {
+    "baseline": "the detector as trained (best validation epoch)",
+    "baseline-equal-epochs": "control: the baseline trained on without the penalty for the sparse + finetune epochs",
+    "sparse": "after sparsity training, the model that is pruned",
+    "pruned": "the compact model straight out of `yoloprune prune`, no finetuning (removed channels' constant "
+    "outputs folded into the next layers)",
+    "finetuned": "the pruned model after finetuning, distilled from the baseline",
+    "scratch": "control: the pruned architecture trained from random init for the pipeline's total epochs",
+}
+
+# (row, reference, what the difference asks)
+QUESTIONS = (
+    ("finetuned", "baseline", "does the compact model detect as well as the detector it came from?"),
+    ("finetuned", "baseline-equal-epochs", "... as well as that detector given the same training epochs?"),
+    ("finetuned", "scratch", "is pruning worth more than training the small architecture from scratch?"),
+    ("pruned", "sparse", "does the pruning search keep its promise on images it never saw?"),
+)
+
+
 def _comparison(p, bench, table: str) -> list[str]:
     by_name = {m.name: m for m in bench.models}
-    base, pruned, tuned = by_name["baseline"], by_name["pruned"], by_name["finetuned"]
-
-    def ratios(label: str, key: str) -> str:
-        return f"| {label} | {getattr(pruned, key) / getattr(base, key):.3f}x | {getattr(tuned, key) / getattr(base, key):.3f}x |"
-
-    return [
-        "## Baseline vs pruned vs finetuned",
+    base = by_name["baseline"]
+    lines = [
+        "## Models",
         "",
         table,
-        "Ratios in brackets are to the baseline. *pruned* is the compact model straight out of `yoloprune prune` "
-        "(no finetuning: removed channels' constant outputs are folded into the next layers); *finetuned* is it after "
-        f"{p.finetune_epochs} epoch(s) of training distilled from the baseline.",
+        "Ratios in brackets are to the baseline.",
+        "",
+        *(f"- *{name}*: {meaning}." for name, meaning in ROW_MEANINGS.items() if name in by_name),
         "",
         "| | pruned / baseline | finetuned / baseline |",
         "|---|---|---|",
-        ratios("params", "params"),
-        ratios("MACs", "gmacs"),
-        ratios("latency (PyTorch)", "latency_ms_torch"),
-        ratios("latency (ONNX Runtime)", "latency_ms_ort"),
-        f"| mAP@0.5 change | {map_change(base, pruned)} | {map_change(base, tuned)} |",
+    ]
+    for label, key in (("params", "params"), ("MACs", "gmacs"), ("latency (PyTorch)", "latency_ms_torch"), ("latency (ONNX Runtime)", "latency_ms_ort")):
+        lines.append(f"| {label} | {getattr(by_name['pruned'], key) / getattr(base, key):.3f}x | {getattr(by_name['finetuned'], key) / getattr(base, key):.3f}x |")
+    lines += [
         "",
-        "mAP@0.5 change: the difference to the baseline on the same test images, with its 95 % paired bootstrap "
-        "interval (every resample draws the same images for both models); an interval that holds 0 is no measurable change.",
+        "## What the pipeline beats and what it does not",
+        "",
+        "Each difference is measured on the same test images for both models, with its 95 % paired bootstrap interval "
+        "(every resample draws the same images for both); an interval that holds 0 is no measurable change.",
+        "",
+        "| question | models | mAP@0.5 change | mAP@0.5:0.95 change | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for row, reference, question in QUESTIONS:
+        if row in by_name and reference in by_name:
+            a, b = by_name[row], by_name[reference]
+            delta = paired_change(a, b)
+            lines.append(
+                f"| {question} | {row} − {reference} | {_change_text(a.map50 - b.map50, delta.get('map50_delta_ci'))} "
+                f"| {_change_text(a.map - b.map, delta.get('map_delta_ci'))} | {verdict(delta.get('map50_delta_ci'), row, reference)} |"
+            )
+    lines.append("")
+    return lines
+
+
+def paired_change(model, reference) -> dict:
+    """The paired bootstrap intervals of `model − reference` (empty when either has no matches)."""
+    from yoloprune.eval.bootstrap import bootstrap_difference_intervals
+
+    if model.matches is None or reference.matches is None:
+        return {}
+    return bootstrap_difference_intervals(model.matches, reference.matches)
+
+
+def _change_text(change: float, interval) -> str:
+    return f"{change:+.4f}" + ("" if interval is None else f" ({interval[0]:+.4f} to {interval[1]:+.4f})")
+
+
+def verdict(interval, row: str, reference: str) -> str:
+    """Plain words for a paired mAP@0.5 interval: who is better, or no measurable change."""
+    if interval is None:
+        return "no interval"
+    if interval[0] > 0:
+        return f"{row} better"
+    if interval[1] < 0:
+        return f"{reference} better"
+    return "no measurable change"
+
+
+def _runtimes(scores: dict[str, float], split: str) -> list[str]:
+    names = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime (its ONNX export)", "opencv": "OpenCV DNN (its darknet cfg + weights)"}
+    spread = max(scores.values()) - min(scores.values())
+    return [
+        "## The pruned model in three runtimes",
+        "",
+        f"{split} mAP@0.5 of *pruned*, with yoloprune's pre- and post-processing around each runtime: "
+        + ", ".join(f"{names[name]} {value:.4f}" for name, value in scores.items())
+        + f"; largest difference {spread:.4f}.",
         "",
     ]
 
 
-def map_change(base, other) -> str:
-    """The mAP@0.5 difference with its paired 95 % interval; one that holds 0 is no measurable change."""
-    text = f"{other.map50 - base.map50:+.4f}"
-    interval = other.map50_delta_ci
-    if interval is None:
-        return text
-    text += f" ({interval[0]:+.4f} to {interval[1]:+.4f})"
-    return f"{text}: no measurable change" if interval[0] <= 0 <= interval[1] else text
-
-
-def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float) -> list[str]:
+def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float, split: str) -> list[str]:
     threshold = prune_report.threshold if prune_report.threshold is not None else float("nan")
     return [
         "## What was done",
         "",
         f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid / {p.test_images} test images at {p.img_size} px "
-        "(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the test images.",
+        f"(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the {split} images.",
         f"- Model: YOLOv3 topology at width x{p.width_multiple:g} (`{out_dir / 'model.cfg'}`), trained from scratch for "
         f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine).",
         f"- Sparsity training: {p.sparse_epochs} epochs from the baseline with s = {p.sparsity:g} on every BN γ"
@@ -91,6 +146,9 @@ def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float) -> 
         f"{len(prune_report.removed_blocks)} residual block(s) removed, kept channels rounded up to multiples of {p.round_to}, "
         f"BN statistics re-calibrated on {prune_report.calibrated_images or 0} training images (every trial of the search too).",
         f"- Finetuning: {p.finetune_epochs} epochs at lr {p.lr * p.finetune_lr_ratio:g}, distilled from the baseline.",
+        f"- Controls: *baseline-equal-epochs* continues the baseline for {p.sparse_epochs + p.finetune_epochs} epochs with the "
+        f"sparsity stage's recipe and no penalty; *scratch* trains `{out_dir / 'prune' / 'pruned.cfg'}` from random init for "
+        f"{p.baseline_epochs + p.sparse_epochs + p.finetune_epochs} epochs with the baseline's recipe.",
         "",
     ]
 
@@ -116,7 +174,9 @@ def _reproduce(commands: list[str], out_dir: Path) -> list[str]:
     ]
 
 
-def write_report(run, bench, table: str, prune_report, sparse_metrics_csv: Path, figures: dict[str, Path], seconds: float) -> Path:
+def write_report(
+    run, bench, table: str, prune_report, sparse_metrics_csv: Path, figures: dict[str, Path], runtimes: dict[str, float], seconds: float,
+) -> Path:
     """Write `run.out/report.md` for a finished `DemoPipeline` run and return its path."""
     from yoloprune.train.metrics import read_metrics_csv
 
@@ -131,7 +191,8 @@ def write_report(run, bench, table: str, prune_report, sparse_metrics_csv: Path,
         f"Run {when} on {describe_machine()}; profile `{p.name}`; wall time {seconds / 60:.1f} min ({stages} min).",
         "",
         *_comparison(p, bench, table),
-        *_what_was_done(p, out_dir, prune_report, small),
+        *_runtimes(runtimes, bench.split),
+        *_what_was_done(p, out_dir, prune_report, small, bench.split),
         *_figures(figures, out_dir),
         *_reproduce(run.commands, out_dir),
     ]
