@@ -228,7 +228,7 @@ NOT_SUPPORTED = [
     ("[shortcut]", "weights_type=per_feature"),  # learned weights on the summands
     ("[shortcut]", "weights_type=per_channel"),
     ("[shortcut]", "weights_normalization=softmax"),
-    ("[yolo]", "new_coords=1"),  # scaled-YOLOv4 box decoding
+    ("[yolo]", "new_coords=2"),  # darknet decodes it as 1; its cfgs write 0 or 1 only
 ]
 
 
@@ -323,6 +323,12 @@ def test_conv_without_activation_is_logistic_as_in_darknet():
     assert cfg.layers[0].activation == "logistic"
     assert "activation=logistic" in write_cfg(cfg)
     assert parse_cfg(EVERY_SECTION.replace("from=-3\nactivation=linear\n", "from=-3\n")).layers[3].activation == "linear"
+
+
+def test_new_coords_is_read_and_written_back():
+    cfg = parse_cfg(_with_line("[yolo]", "new_coords=1"))
+    assert cfg.layers[-1].new_coords and not parse_cfg(EVERY_SECTION).layers[-1].new_coords
+    assert "new_coords=1" in write_cfg(cfg).splitlines() and parse_cfg(write_cfg(cfg)) == cfg
 
 
 def test_scale_x_y_must_be_a_number(tmp_path):

@@ -1,14 +1,17 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from helpers import CONFIGS, FIXTURES, REFERENCE_CFGS, randomize_bn
+from helpers import CONFIGS, FIXTURES, REFERENCE_CFGS, cfg_text, conv, opencv_head_outputs, random_darknet, randomize_bn
 from yoloprune.bench.profile import profile_model
 from yoloprune.cli import main
+from yoloprune.darknet.blocks import ACTIVATIONS
 from yoloprune.darknet.cfg import RouteBlock, ShortcutBlock, parse_cfg
-from yoloprune.darknet.model import Darknet, count_parameters
+from yoloprune.darknet.model import Darknet, count_parameters, make_activation
 from yoloprune.errors import CfgError
+from yoloprune.export.darknet import export_darknet
 
 # Published sizes (darknet's own printout and the Oxford Hand reference project).
 EXPECTED_PARAMS = {"yolov3": 61_949_149, "yolov3-tiny": 8_852_366, "yolov3-hand": 61_523_734}
@@ -85,12 +88,92 @@ def test_only_routed_outputs_are_kept():
     assert len(model._kept) < len(model.layers) // 3
 
 
-def test_channel_mismatch_is_a_cfg_error(tmp_path):
-    text = (CONFIGS / "yolov3-hand-small.cfg").read_text().replace("from=-3", "from=-2", 1)
-    path = tmp_path / "bad.cfg"
-    path.write_text(text)
-    with pytest.raises(CfgError, match=r"bad\.cfg:\d+: \[shortcut\].*must match"):
-        Darknet(str(path))
+def test_new_coords_decode_matches_darknet():
+    # darknet's forward_yolo_layer and get_yolo_box with new_coords=1: no sigmoid in the [yolo]
+    # layer (its conv ends in a logistic), x = (t·s - (s-1)/2 + col) / w, box w = 4·t²·anchor
+    head = "[convolutional]\nfilters=12\nsize=1\nactivation=logistic\n\n[yolo]\nmask=0,1\nanchors=10,13, 30,20\nclasses=1\nnum=2\nscale_x_y=2.0\nnew_coords=1\n"
+    model = random_darknet("[net]\nwidth=64\nheight=64\n\n" + conv(8, 3, stride=2) + "\n" + head)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        raw = model.forward_heads(x)[0]  # (2, 2 anchors, 32, 32, 6)
+        boxes = model(x)
+    image, anchor, row, col = 1, 1, 5, 9
+    t = raw[image, anchor, row, col].tolist()
+    stride, s = 64 / 32, 2.0
+    expected = [
+        (t[0] * s - 0.5 * (s - 1) + col) * stride,
+        (t[1] * s - 0.5 * (s - 1) + row) * stride,
+        t[2] * t[2] * 4 * 30,
+        t[3] * t[3] * 4 * 20,
+        t[4],
+        t[5],
+    ]
+    assert boxes[image, anchor * 32 * 32 + row * 32 + col].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def _darknet_activation(name: str, x: np.ndarray) -> np.ndarray:
+    """darknet's activation formulas (src/activations.h and .c), evaluated in float64: darknet's own
+    float32 tanh, 2/(1 + e^-2x) - 1, loses digits for mish's tiny softplus below x = -5."""
+    logistic = 1 / (1 + np.exp(-x))
+    if name == "leaky":
+        return np.where(x > 0, x, 0.1 * x)
+    if name == "relu":
+        return x * (x > 0)
+    if name == "logistic":
+        return logistic
+    if name == "swish":
+        return x * logistic
+    if name == "mish":  # x·tanh(softplus(x)), softplus with darknet's threshold 20
+        softplus = np.where(x > 20, x, np.where(x < -20, np.exp(x), np.log(np.exp(x) + 1)))
+        return x * (2 / (1 + np.exp(-2 * softplus)) - 1)
+    assert name == "linear"
+    return x
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_match_darknet(name):
+    x = np.concatenate([np.linspace(-30, 30, 6001), [-80, -21, -20, -19, 19, 20, 21, 80]]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = _darknet_activation(name, x.astype(np.float64))
+    ours = make_activation(name)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
+
+
+# Shortcuts between layers of different widths: darknet (shortcut_multilayer_cpu) keeps the previous
+# layer's channels and adds `from` over the channels both have.
+UNEQUAL_SHORTCUTS = cfg_text(
+    conv(8, 3),  # 0
+    conv(4),  # 1
+    "[shortcut]\nfrom=-2\nactivation=leaky\n",  # 2: layer 1 + the first 4 channels of layer 0, then leaky
+    conv(8),  # 3
+    "[shortcut]\nfrom=2\nactivation=linear\n",  # 4: the first 4 channels of layer 3 + layer 2; 4..7 as they are
+    size=32,
+)
+
+
+def _layer_outputs(model: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
+    outputs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda module, inputs, output: outputs.append(output)) for layer in model.layers]
+    with torch.no_grad():
+        model.forward_heads(x)
+    for hook in hooks:
+        hook.remove()
+    return outputs
+
+
+def test_shortcut_of_unequal_widths_sums_the_common_channels(tmp_path):
+    model = random_darknet(UNEQUAL_SHORTCUTS)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = _layer_outputs(model, x)
+    summed = out[1] + out[0][:, :4]
+    assert out[2].shape[1] == 4 and torch.equal(out[2], torch.where(summed > 0, summed, 0.1 * summed))
+    assert out[4].shape[1] == 8
+    assert torch.equal(out[4][:, :4], out[3][:, :4] + out[2]) and torch.equal(out[4][:, 4:], out[3][:, 4:])
+    # OpenCV's importer agrees ("input_0_truncate": the first input's channels)
+    cfg_path, weights_path = export_darknet(model, tmp_path / "model")
+    (reference,) = opencv_head_outputs(cfg_path, weights_path, x, [i - 1 for i in model.yolo_indices])
+    ours = out[model.yolo_indices[0] - 1].numpy()
+    assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()
 
 
 def test_yolo_filter_count_is_checked():

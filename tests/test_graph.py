@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import CONFIGS, FIXTURES, GROUPED_ROUTE, cfg_text, conv
+from helpers import CONFIGS, FAMILY_CFGS, FIXTURES, GROUPED_ROUTE, cfg_text, conv
 from yoloprune.darknet.builder import build_yolov3_cfg_text
 from yoloprune.darknet.cfg import ConvBlock, ShortcutBlock, load_cfg, parse_cfg
 from yoloprune.darknet.graph import (
@@ -19,7 +19,7 @@ from yoloprune.darknet.graph import (
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.darknet.edit import build_pruned_cfg
 
-ALL_CFGS = [FIXTURES / f"{name}.cfg" for name in ("yolov3", "yolov3-tiny", "yolov3-spp", "yolov3-hand", "prune_yolov3-hand")] + [
+ALL_CFGS = [FIXTURES / f"{name}.cfg" for name in ("yolov3", "yolov3-tiny", "yolov3-spp", "yolov3-hand", "prune_yolov3-hand", *FAMILY_CFGS)] + [
     CONFIGS / "yolov3-hand-nano.cfg",
     CONFIGS / "yolov3-hand-small.cfg",
 ]
@@ -43,11 +43,13 @@ def test_channel_sets_are_consistent(cfg_path):
     # the channel map of every layer covers exactly its output channels
     for idx, spans in enumerate(graph.channel_maps):
         assert sum(s.size for s in spans) == graph.out_channels[idx]
-    # both summands of every shortcut are in one set; convs feeding a head never prunable
+    # both summands of every shortcut are in one set, or else no set in them may be pruned;
+    # convs feeding a head never prunable
     for idx, block in enumerate(cfg.layers):
         if isinstance(block, ShortcutBlock):
             a, b = (graph.channel_maps[j] for j in cfg.inputs_of(idx))
-            assert len(a) == len(b) == 1 and a[0].group == b[0].group
+            one_set = len(a) == len(b) == 1 and a[0].group == b[0].group
+            assert one_set or not any(graph.groups[s.group].prunable for s in a + b if s.group >= 0)
     for yolo_idx in cfg.yolo_indices:
         assert not graph.group_for(yolo_idx - 1).prunable
     # safe ⊆ full ⊆ BN convs; safe convs are never part of a shortcut chain
@@ -66,15 +68,50 @@ def test_residual_chains_are_coupled_groups():
     assert not residual_blocks(load_cfg(FIXTURES / "yolov3-tiny.cfg"))
 
 
+def test_shortcut_of_unequal_widths_leaves_both_summands_whole():
+    # layer 3 adds conv 0 (8 channels) to conv 2 (4): darknet sums the first 4 channels, so removing
+    # a channel from either would shift which channels of the other one it meets
+    text = cfg_text(conv(8, 3), conv(4), conv(4, 3), "[shortcut]\nfrom=-3\nactivation=linear\n", conv(8), size=32)
+    cfg = parse_cfg(text)
+    graph = analyze_graph(cfg)
+    assert graph.out_channels[3] == 4  # the previous layer's width
+    assert prunable_conv_indices(cfg, "full") == [1, 4]
+    assert any("shortcut 3 over the first 4 channels only" in r for r in graph.group_for(0).reasons)
+    assert any("shortcut 3 over the first 4 channels only" in r for r in graph.group_for(2).reasons)
+    # convs 1-2 look like a residual block, but without them the shortcut would output 8 channels
+    assert residual_blocks(cfg) == []
+
+
+def test_unequal_shortcuts_of_yolov3_tiny_prn_fix_their_summands():
+    cfg = load_cfg(FIXTURES / "yolov3-tiny-prn.cfg")
+    graph = analyze_graph(cfg)
+    # shortcuts 22 and 25 add conv 8 (256 channels) to the 128 of conv 20's set (convs 20 and 23)
+    assert graph.group_for(23).convs == (20, 23)
+    assert not graph.group_for(8).prunable and not graph.group_for(20).prunable
+    assert [g.convs for g in graph.prunable_groups()] == [(0,), (2,), (4,), (6,), (10, 12), (14, 15)]
+
+
 def test_route_groups_and_grouped_convs_are_not_prunable():
     text = cfg_text(conv(8, 3), GROUPED_ROUTE, conv(4, 3, groups=4), conv(4), size=32)
     cfg = parse_cfg(text)
     graph = analyze_graph(cfg)
     assert prunable_conv_indices(cfg, "full") == [3]
-    assert any("grouped route" in r for r in graph.group_for(0).reasons)
+    assert any("read by grouped conv 2" in r for r in graph.group_for(0).reasons)
     assert any("grouped conv" in r for r in graph.group_for(2).reasons)
     # the grouped route reads the upper half of layer 0
     assert [(s.group, s.start, s.stop) for s in graph.channel_maps[1]] == [(0, 4, 8)]
+
+
+def test_a_route_groups_split_couples_the_halves_of_a_whole_set_only():
+    # conv 0 read whole by the grouped route: prunable, its halves coupled; convs 2 and 3 concatenated
+    # before a grouped route: a half boundary would fall inside one of them
+    text = cfg_text(conv(8, 3), GROUPED_ROUTE, conv(4), conv(4), "[route]\nlayers=-1,-2\n", GROUPED_ROUTE, conv(4), size=32)
+    cfg = parse_cfg(text)
+    graph = analyze_graph(cfg)
+    assert graph.group_for(0).prunable and graph.group_for(0).parts == 2
+    assert any("through a concatenation" in r for r in graph.group_for(2).reasons + graph.group_for(3).reasons)
+    assert prunable_conv_indices(cfg, "full") == [0, 6]
+    assert safe_prunable_conv_indices(cfg) == [0, 6]
 
 
 @pytest.mark.parametrize("cfg_path, size", [(FIXTURES / "yolov3-tiny.cfg", 64), (CONFIGS / "yolov3-hand-nano.cfg", 96)], ids=["tiny", "nano"])
@@ -107,7 +144,7 @@ def test_builder_cfgs_have_the_hand_structure():
 
 
 def test_safe_set_skips_what_the_graph_rules_out():
-    # yolov4-tiny style: a conv read through a grouped route must not be pruned in either mode
-    text = cfg_text(conv(8, 3), GROUPED_ROUTE, conv(4, 3), size=32)
+    # a conv read by a grouped conv must not be pruned in either mode
+    text = cfg_text(conv(8, 3), conv(8, 3, groups=2), conv(4, 3), size=32)
     cfg = parse_cfg(text)
     assert safe_prunable_conv_indices(cfg) == [2]

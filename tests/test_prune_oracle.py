@@ -20,10 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import CONFIGS, FIXTURES, opencv_head_outputs, random_model, sparse_nano
-from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, MaxpoolBlock, UpsampleBlock, save_cfg
+from helpers import CONFIGS, FIXTURES, opencv_model_heads, random_model, sparse_nano
+from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, MaxpoolBlock, UpsampleBlock
 from yoloprune.darknet.model import Darknet
-from yoloprune.darknet.weights import save_darknet_weights
 from yoloprune.prune.apply import prune_model
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.plan import PrunePlan
@@ -72,22 +71,14 @@ def reach_of_padding(cfg: DarknetCfg, size: int, pruned_convs: set[int]) -> list
     return maps
 
 
-def opencv_heads(model: Darknet, folder, name: str, x: torch.Tensor) -> list[np.ndarray]:
-    """The head convs' outputs, (1, anchors × (5 + classes), H, W) each, of `model` exported as darknet."""
-    cfg_path, weights_path = folder / f"{name}.cfg", folder / f"{name}.weights"
-    save_cfg(model.cfg, cfg_path)
-    save_darknet_weights(model, weights_path)
-    return opencv_head_outputs(cfg_path, weights_path, x, [i - 1 for i in model.yolo_indices])
-
-
 def compare_with_the_oracle(model: Darknet, plan: PrunePlan, size: int, folder) -> tuple[int, int]:
     """Assert that the compact model equals the oracle where the padding cannot reach (both run by
     OpenCV); returns (positions compared, positions left out) over all heads."""
     assert plan.kept_channels and not plan.removed_blocks
     compact = prune_model(model, plan)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    expected = opencv_heads(zero_gamma_oracle(model, plan), folder, "oracle", x)
-    actual = opencv_heads(compact, folder, "compact", x)
+    expected = opencv_model_heads(zero_gamma_oracle(model, plan), folder, "oracle", x)
+    actual = opencv_model_heads(compact, folder, "compact", x)
     reach = reach_of_padding(model.cfg, size, set(plan.kept_channels))
     compared = left_out = 0
     for head, oracle_out, compact_out in zip(model.yolo_indices, expected, actual):

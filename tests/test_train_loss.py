@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import conv, random_darknet
 from yoloprune.darknet.model import Darknet
 from yoloprune.train.loss import YoloLoss
 
@@ -96,3 +98,55 @@ def test_targets_go_to_the_best_anchor_and_optionally_to_others_above_threshold(
     box_grad_anchors = {a for a in range(2) if raw.grad[0, a, 1, 1, :4].abs().sum() > 0}
     assert box_grad_anchors == expected_positive_anchors
     assert raw.grad[..., :4].abs().sum() == sum(raw.grad[0, a, 1, 1, :4].abs().sum() for a in range(2))
+
+
+def _one_head_cfg(scale_x_y: float, new_coords: int) -> str:
+    """Two stride-2 convs and one two-anchor, two-class head on a 64 px input (16x16 grid). darknet's
+    new_coords heads read a conv with a logistic activation; classic ones a linear conv."""
+    activation = "logistic" if new_coords else "linear"
+    head = (
+        f"[convolutional]\nfilters=14\nsize=1\nactivation={activation}\n\n"
+        f"[yolo]\nmask=0,1\nanchors=12,16, 40,28\nclasses=2\nnum=2\nscale_x_y={scale_x_y}\nnew_coords={new_coords}\n"
+    )
+    return "[net]\nwidth=64\nheight=64\n\n" + conv(8, 3, stride=2) + "\n" + conv(16, 3, stride=2) + "\n" + head
+
+
+@pytest.mark.parametrize("scale_x_y, new_coords", [(1.1, 0), (2.0, 1)], ids=["classic", "new_coords"])
+def test_loss_decodes_boxes_as_the_model_and_darknet(scale_x_y, new_coords):
+    model = random_darknet(_one_head_cfg(scale_x_y, new_coords), std=0.1)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        raw = model.forward_heads(x)[0]  # (2, 2, 16, 16, 7)
+        inference = model(x)[..., :4]  # input pixels
+    in_cells = YoloLoss.for_model(model).decode_boxes(0, raw, (64, 64))
+    stride = 64 / 16
+    assert torch.allclose(in_cells.reshape(2, -1, 4) * stride, inference, rtol=1e-5, atol=1e-4)
+    # darknet's forward_yolo_layer and get_yolo_box, by hand, in grid cells
+    image, anchor, row, col = 1, 1, 3, 5
+    t = raw[image, anchor, row, col, :4].tolist()
+    anchor_w, anchor_h = 40 / stride, 28 / stride
+    if new_coords:  # no sigmoid in the [yolo] layer; sizes (2t)²·anchor
+        xy, wh = t[:2], [4 * t[2] ** 2 * anchor_w, 4 * t[3] ** 2 * anchor_h]
+    else:
+        xy, wh = [1 / (1 + math.exp(-v)) for v in t[:2]], [math.exp(t[2]) * anchor_w, math.exp(t[3]) * anchor_h]
+    expected = [xy[0] * scale_x_y - 0.5 * (scale_x_y - 1) + col, xy[1] * scale_x_y - 0.5 * (scale_x_y - 1) + row, *wh]
+    assert in_cells[image, anchor, row, col].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_new_coords_head_trains():
+    torch.manual_seed(0)
+    model = Darknet.from_text(_one_head_cfg(2.0, 1)).train()
+    loss_fn = YoloLoss.for_model(model)
+    assert loss_fn.codings[0].new_coords
+    images, targets = _fixed_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(12):
+        loss, parts = loss_fn(model(images), targets, images.shape[2:])
+        assert all(torch.isfinite(value) for value in parts.values())
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]

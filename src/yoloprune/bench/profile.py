@@ -1,24 +1,32 @@
 """Size and cost of a model: parameters, fp32 size, MACs per layer, CPU latency.
 
-MACs are counted by `torch.utils.flop_counter` on a real forward pass, which reports 2 FLOPs per
-multiply-add for convolutions; darknet's "BFLOPs" are the same 2×MAC convention, so
-`bflops = 2 * gmacs`. Only convolutions (and matmuls, of which YOLOv3 has none) are counted:
-BN, activations, shortcuts and upsampling are negligible and darknet does not count them either.
+MACs are counted by `torch.utils.flop_counter` on a forward pass through the model's own layers,
+which reports 2 FLOPs per multiply-add for convolutions; darknet counts a conv the same way, so
+`bflops = 2 * gmacs`. Only convolutions (and matmuls, of which these models have none) are counted.
+
+`bflops_darknet` is the "Total BFLOPS" darknet itself prints (AlexeyAB/darknet, src/parser.c sums
+every layer's `l.bflops`): `bflops` plus the few non-conv layers darknet also counts, see
+`darknet_extra_flops`. Costs are counted at the cfg's own `[net]` height x width unless a size is given.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from yoloprune.darknet.cfg import DarknetCfg, MaxpoolBlock, ShortcutBlock
 from yoloprune.darknet.graph import conv_macs_per_layer, infer_output_hw
 from yoloprune.darknet.model import Darknet, count_parameters
+
+# an input size: a square side, or (height, width)
+ImgSize = Union[int, tuple[int, int]]
 
 
 @dataclass
@@ -37,12 +45,22 @@ class ModelProfile:
     params: int
     size_mb: float  # fp32 parameters + BN running statistics
     gmacs: float
-    bflops: float
-    img_size: int
+    bflops: float  # 2 x conv MACs
+    bflops_darknet: float  # what darknet prints: bflops + maxpool and shortcut terms
+    input_hw: tuple[int, int]
     layers: list[LayerProfile]
 
+    @property
+    def img_size(self) -> int | None:
+        """The side of a square input; None for a non-square one (see `input_hw`)."""
+        height, width = self.input_hw
+        return height if height == width else None
+
     def totals(self) -> dict:
-        return {"params": self.params, "size_mb": self.size_mb, "gmacs": self.gmacs, "bflops": self.bflops, "img_size": self.img_size}
+        return {
+            "params": self.params, "size_mb": self.size_mb, "gmacs": self.gmacs, "bflops": self.bflops,
+            "bflops_darknet": self.bflops_darknet, "img_size": self.img_size, "input_hw": list(self.input_hw),
+        }
 
     def to_dict(self) -> dict:
         return {**self.totals(), "layers": [asdict(layer) for layer in self.layers]}
@@ -54,31 +72,70 @@ def model_size_mb(model: nn.Module) -> float:
     return numel * 4 / 1e6
 
 
-def count_forward_macs(model: Darknet, img_size: int = 416) -> int:
-    """MACs of one batch-1 forward at `img_size` (square), by torch's flop counter on the real layers,
+def as_hw(img_size: ImgSize) -> tuple[int, int]:
+    """(height, width) of a square side or of a (height, width) pair."""
+    return (img_size, img_size) if isinstance(img_size, int) else (img_size[0], img_size[1])
+
+
+def input_hw(cfg: DarknetCfg, img_size: ImgSize | None = None) -> tuple[int, int]:
+    """(height, width) of an input of `img_size`; None = the cfg's own `[net]` size, the one darknet counts at."""
+    return (cfg.net.height, cfg.net.width) if img_size is None else as_hw(img_size)
+
+
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and buffers live on the meta device: a forward through it
+    computes shapes only, so counting costs no arithmetic at any input size, and the model's own
+    tensors are neither copied nor touched."""
+    memo: dict[int, torch.Tensor] = {id(b): torch.empty_like(b, device="meta") for b in model.buffers()}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    return copy.deepcopy(model, memo)
+
+
+def count_forward_macs(model: Darknet, img_size: ImgSize = 416) -> int:
+    """MACs of one batch-1 forward at `img_size`, by torch's flop counter on the model's own layers,
     so it also holds for a model whose modules no longer match its cfg (pruned by another tool)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    twin = meta_twin(model).eval()
     counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            model.forward_heads(torch.zeros(1, model.cfg.net.channels, img_size, img_size, device=device))
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), counter:
+        twin.forward_heads(torch.zeros(1, model.cfg.net.channels, *as_hw(img_size), device="meta"))
     return counter.get_total_flops() // 2
 
 
-def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
-    """Per-layer shapes, params and MACs, and totals from one batch-1 forward at `img_size` (square).
+def darknet_extra_flops(cfg: DarknetCfg, img_size: ImgSize | None = None) -> int:
+    """The FLOPs darknet's printed total adds to 2 x conv MACs, from the cfg's shapes.
 
-    The total MACs come from torch's flop counter on the real forward; the per-layer split is the
-    conv formula on the cfg (`darknet.graph.conv_macs_per_layer`); tests check that the two agree.
+    AlexeyAB/darknet sets `l.bflops` in only a few layer types: convolutional_layer.c (2 per
+    multiply-add over `c / groups` input channels: `bflops` already), maxpool_layer.c (one per pooled
+    tap: size * size * input channels per output pixel) and shortcut_layer.c (one per output element
+    and per added layer; doubled for weighted shortcuts, which yoloprune does not build). Route,
+    upsample and yolo set none, so they count 0.
     """
-    total_macs = count_forward_macs(model, img_size)
+    sizes = infer_output_hw(cfg, input_hw(cfg, img_size))
+    total = 0
+    for idx, block in enumerate(cfg.layers):
+        height, width = sizes[idx]
+        if isinstance(block, MaxpoolBlock):
+            total += block.size * block.size * cfg.in_channels(idx) * height * width
+        elif isinstance(block, ShortcutBlock):
+            added_layers = len(cfg.inputs_of(idx)) - 1  # inputs are the previous layer + the `from` layers
+            total += height * width * cfg.channels_of(idx) * added_layers
+    return total
+
+
+def profile_model(model: Darknet, img_size: ImgSize | None = None) -> ModelProfile:
+    """Per-layer shapes, params and MACs, and totals for one batch-1 image of `img_size` (None = the
+    cfg's own `[net]` height x width).
+
+    The total MACs come from torch's flop counter on a forward through the model's layers; the
+    per-layer split is the conv formula on the cfg (`darknet.graph.conv_macs_per_layer`); tests check
+    that the two agree.
+    """
     cfg = model.cfg
-    out_hw = infer_output_hw(cfg, (img_size, img_size))
-    layer_macs = conv_macs_per_layer(cfg, img_size)
+    hw = input_hw(cfg, img_size)
+    total_macs = count_forward_macs(model, hw)
+    out_hw = infer_output_hw(cfg, hw)
+    layer_macs = conv_macs_per_layer(cfg, hw)
     layers = []
     for idx, (block, layer) in enumerate(zip(cfg.layers, model.layers)):
         input_channels = [cfg.channels_of(j) for j in cfg.inputs_of(idx)]
@@ -99,7 +156,8 @@ def profile_model(model: Darknet, img_size: int = 416) -> ModelProfile:
         size_mb=model_size_mb(model),
         gmacs=total_macs / 1e9,
         bflops=2 * total_macs / 1e9,
-        img_size=img_size,
+        bflops_darknet=(2 * total_macs + darknet_extra_flops(cfg, hw)) / 1e9,
+        input_hw=hw,
         layers=layers,
     )
 
@@ -148,7 +206,7 @@ def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
 
 def measure_latency(
     model: nn.Module,
-    img_size: int = 416,
+    img_size: ImgSize = 416,
     batch: int = 1,
     runs: int = 20,
     warmup: int = 5,
@@ -160,7 +218,7 @@ def measure_latency(
         torch.set_num_threads(threads)
     try:
         device = next(model.parameters()).device
-        x = torch.rand(batch, 3, img_size, img_size, device=device)
+        x = torch.rand(batch, 3, *as_hw(img_size), device=device)
         times = time_interleaved({"model": torch_runner(model, x)}, runs, warmup)["model"]
         return Latency.from_times(times, torch.get_num_threads(), batch)
     finally:

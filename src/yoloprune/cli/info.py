@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         subparsers, "info", InfoSettings, run_info,
         help="layer table, params, size, MACs/BFLOPs (and optional latency) of a darknet cfg",
         description="Build the model from a darknet cfg (optionally with .weights or .pt) and print its "
-        "layer table and totals. MACs are multiply-adds; darknet's BFLOPs are 2 x MACs.",
+        "layer table and totals at the cfg's own input size (or --img-size). MACs are multiply-adds of the "
+        "convs; BFLOPs are 2 x MACs; darknet's printed total also counts maxpool and shortcut layers.",
     )
 
 
@@ -28,7 +29,7 @@ def run_info(args: argparse.Namespace) -> int:
     settings = from_arguments(InfoSettings, args)
     model = load_model(settings.cfg, settings.weights)
     profile = profile_model(model, settings.img_size)
-    latency = measure_latency(model, settings.img_size, runs=settings.runs, threads=settings.threads) if settings.latency else None
+    latency = measure_latency(model, profile.input_hw, runs=settings.runs, threads=settings.threads) if settings.latency else None
     if settings.json:
         result = profile.to_dict() if settings.layers else profile.totals()
         if latency is not None:
@@ -46,10 +47,14 @@ def run_info(args: argparse.Namespace) -> int:
         hw = f"{layer.out_hw[0]}x{layer.out_hw[1]}"
         print(f"{layer.index:>4} {layer.kind:<14} {layer.in_channels:>6} {layer.out_channels:>6} {hw:>11} {layer.params:>11,} {layer.macs / 1e6:>10.2f}{extra}")
     print(f"\ncfg:     {settings.cfg or settings.weights}")
-    print(f"input:   {settings.img_size}x{settings.img_size}")
+    height, width = profile.input_hw
+    origin = "  (the cfg's [net] size)" if settings.img_size is None else ""
+    print(f"input:   {height}x{width}{origin}")
     print(f"params:  {profile.params:,}  ({profile.params / 1e6:.2f} M)")
     print(f"size:    {profile.size_mb:.2f} MB (fp32)")
-    print(f"MACs:    {profile.gmacs:.3f} G   (darknet BFLOPs = 2 x MACs = {profile.bflops:.3f})")
+    print(f"MACs:    {profile.gmacs:.3f} G")
+    print(f"BFLOPs:  {profile.bflops:.3f}   (2 x MACs: the convs, as darknet counts them)")
+    print(f"darknet: {profile.bflops_darknet:.3f} BFLOPs   (darknet's printed total: the convs + maxpool and shortcut layers)")
     if latency is not None:
         print(f"latency: {latency.median_ms:.1f} ms median (p10 {latency.p10_ms:.1f}, p90 {latency.p90_ms:.1f}; batch 1, {latency.threads} threads, {latency.runs} runs)")
     return 0

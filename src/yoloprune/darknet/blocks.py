@@ -131,6 +131,11 @@ class YoloBlock:
     def scale_x_y(self) -> float:
         return float(self.extra.get("scale_x_y", 1.0))
 
+    @property
+    def new_coords(self) -> bool:
+        """darknet's `new_coords=1` box decoding (scaled-YOLOv4, YOLOv7); the parser admits 0 and 1 only."""
+        return float(self.extra.get("new_coords", 0)) != 0
+
 
 LayerBlock = Union[ConvBlock, ShortcutBlock, RouteBlock, UpsampleBlock, MaxpoolBlock, YoloBlock]
 

@@ -10,7 +10,7 @@ that a cfg never silently builds a different network than darknet would:
 - keys that only steer darknet's training, weight updates, post-processing or GPU scheduling
   (`darknet.cfg_keys`) do not change the forward pass: they are kept in the block's `extra`;
 - keys that change the network are accepted only at a value where darknet computes what yoloprune
-  computes (`dilation=1`, `new_coords=0`, ...), also kept in `extra`; any other value is refused;
+  computes (`dilation=1`, `antialiasing=0`, ...), also kept in `extra`; any other value is refused;
 - any other key is refused as unknown: darknet ignores it, so it is most likely misspelt.
 Refusals are one CfgError naming file, line and key.
 
@@ -147,8 +147,9 @@ def _parse_yolo(opts: Options) -> YoloBlock:
         raise CfgError(f"[yolo] mask {list(mask)} refers to anchors outside 0..{num - 1}", path, line)
     block = YoloBlock(mask=mask, anchors=anchors, classes=opts.int("classes", minimum=1), line=line)
     opts.check_number("scale_x_y")  # implemented: read from `extra` by YoloBlock.scale_x_y
-    # new_coords=1 (scaled-YOLOv4, YOLOv7) decodes boxes without sigmoid and with squared sizes
-    opts.refuse_unless("new_coords", is_number(0), "0")
+    # implemented (YoloBlock.new_coords): 1 decodes the box without sigmoid and with squared sizes.
+    # darknet treats any non-zero integer as 1; only the two values its cfgs use are admitted.
+    opts.refuse_unless("new_coords", lambda text: is_number(0)(text) or is_number(1)(text), "0 or 1")
     block.extra = opts.extra(YOLO_PASSIVE_KEYS)
     return block
 

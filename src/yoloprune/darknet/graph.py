@@ -10,6 +10,10 @@ search loop); `conv_macs` and `conv_params` are the one place a conv's cost is c
 Channels of a conv are "tied" when its output is summed element-wise with another tensor ([shortcut]):
 removing a channel there would have to remove the same channel from every summand. Single-input
 routes, upsamples and maxpools pass channels through unchanged, so ties propagate through them.
+
+A channel set read whole through a `[route] groups=G` (yolov4-tiny's CSP halves) is split into G
+equal parts: channel c of every part is kept or removed together (`ChannelGroup.parts`), so the parts
+stay equal and the route still reads the part it read before, minus the removed positions.
 """
 
 from __future__ import annotations
@@ -41,14 +45,7 @@ def infer_channels(cfg: DarknetCfg) -> list[int]:
                 raise CfgError(f"[route] layer {idx}: input channels {inputs} not divisible by groups={block.groups}", cfg.path, block.line)
             channels.append(sum(c // block.groups for c in inputs))
         elif isinstance(block, ShortcutBlock):
-            if inputs[0] != inputs[1]:
-                # darknet would still add them, over the channels both have; yoloprune sums equal shapes only
-                raise CfgError(
-                    f"[shortcut] layer {idx}: from={block.from_} adds {inputs[1]} channels (layer {cfg.inputs_of(idx)[1]}) "
-                    f"to {inputs[0]} (layer {idx - 1}); they must match",
-                    cfg.path,
-                    block.line,
-                )
+            # darknet keeps the previous layer's channels and adds `from` over the channels both have
             channels.append(inputs[0])
         elif isinstance(block, YoloBlock):
             expected = len(block.mask) * (block.classes + 5)
@@ -151,16 +148,25 @@ class ChannelSpan:
 
 @dataclass
 class ChannelGroup:
-    """Convs whose outputs form one channel set: summed by [shortcut]s, they must keep the same channels."""
+    """Convs whose outputs form one channel set: summed by [shortcut]s, they must keep the same channels.
+
+    A set read through a [route] with `groups` has `parts` > 1: its channels are `parts` equal runs
+    (the route's groups), and position c of every run is pruned together (`part_channels`)."""
 
     convs: tuple[int, ...]
     channels: int
     prunable: bool
     reasons: tuple[str, ...] = ()  # why the set is not prunable
+    parts: int = 1
 
     @property
     def root(self) -> int:
         return self.convs[0]
+
+
+def part_channels(positions, parts: int, part_width: int) -> list[int]:
+    """The channels at `positions` (< part_width) of every one of `parts` equal runs, ascending."""
+    return sorted(part * part_width + int(c) for part in range(parts) for c in positions)
 
 
 @dataclass
@@ -223,18 +229,26 @@ def slice_channel_map(spans: tuple[ChannelSpan, ...], start: int, stop: int) -> 
     return tuple(result)
 
 
+def _span_size(spans: tuple[ChannelSpan, ...]) -> int:
+    return sum(span.size for span in spans)
+
+
 def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
     """Channel maps, consumers and channel sets of a cfg; which sets may be pruned and why not.
 
     A channel set is not prunable when one of its convs has no batch norm (no γ to rank channels by,
     no β to fold) or a logistic activation (a zeroed channel must output 0), feeds a [yolo] head (its
     channels are the predictions), is a grouped conv or is read by one (channel groups would break),
-    is read by a [route] with `groups` (its halves would shift), or is summed by a [shortcut] with
-    something that is not exactly one whole channel set.
+    is read by a [route] with `groups` through a concatenation or a slice (a part boundary would fall
+    inside another set) or by routes of different `groups`, or is summed by a [shortcut] with
+    something that is not exactly one whole channel set of the same width (darknet then sums the
+    leading channels only). A whole set read by a grouped route stays prunable with its parts
+    coupled (module docstring).
     """
     out_channels = cfg.out_channels
     union = _UnionFind()
     reasons: dict[int, list[str]] = {}
+    parts: dict[int, set[int]] = {}  # conv -> the `groups` of the routes that read its whole set
 
     def fix(spans: tuple[ChannelSpan, ...], reason: str) -> None:
         for span in spans:
@@ -262,13 +276,20 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
             for j, input_map in zip(inputs, input_maps):
                 if block.groups > 1:
                     width = cfg.channels_of(j) // block.groups
-                    fix(input_map, f"read by grouped route {idx}")
+                    if _is_whole_set(cfg, input_map):
+                        parts.setdefault(input_map[0].group, set()).add(block.groups)
+                    else:
+                        fix(input_map, f"read by grouped route {idx} through a concatenation or a slice")
                     input_map = slice_channel_map(input_map, width * block.group_id, width * (block.group_id + 1))
                 spans.extend(input_map)
             maps.append(tuple(spans))
         elif isinstance(block, ShortcutBlock):
             first, second = input_maps
-            if all(len(m) == 1 and m[0].group >= 0 and m[0].start == 0 and m[0].stop == cfg.layers[m[0].group].filters for m in (first, second)):
+            if _span_size(first) != _span_size(second):
+                # only the leading channels are summed: a set cannot drop a channel without
+                # shifting which channels of the other one it meets
+                fix(first + second, f"summed by shortcut {idx} over the first {min(_span_size(first), _span_size(second))} channels only")
+            elif _is_whole_set(cfg, first) and _is_whole_set(cfg, second):
                 union.union(first[0].group, second[0].group)
             else:
                 fix(first + second, f"summed by shortcut {idx} with a concatenation, a slice or the image")
@@ -279,15 +300,21 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
         else:  # upsample, maxpool: channels pass through
             maps.append(input_maps[0])
 
-    group_of, groups = _channel_groups(cfg, union, reasons)
+    group_of, groups = _channel_groups(cfg, union, reasons, parts)
     maps = [tuple(ChannelSpan(union.find(s.group) if s.group >= 0 else -1, s.start, s.stop) for s in m) for m in maps]
     return DarknetGraph(cfg, out_channels, maps, layer_consumers(cfg), groups, group_of)
 
 
+def _is_whole_set(cfg: DarknetCfg, spans: tuple[ChannelSpan, ...]) -> bool:
+    """Whether a layer output is exactly all channels of one conv, in order (before sets are merged)."""
+    return len(spans) == 1 and spans[0].group >= 0 and spans[0].start == 0 and spans[0].stop == cfg.layers[spans[0].group].filters
+
+
 def _channel_groups(
-    cfg: DarknetCfg, union: _UnionFind, reasons: dict[int, list[str]]
+    cfg: DarknetCfg, union: _UnionFind, reasons: dict[int, list[str]], parts: dict[int, set[int]]
 ) -> tuple[dict[int, int], dict[int, ChannelGroup]]:
-    """The root conv of every conv's channel set, and each set with the reasons (per conv) it may not be pruned."""
+    """The root conv of every conv's channel set, and each set with the reasons (per conv) it may not
+    be pruned and the number of parts its grouped routes split it into."""
     group_of = {idx: union.find(idx) for idx, block in enumerate(cfg.layers) if isinstance(block, ConvBlock)}
     members: dict[int, list[int]] = {}
     for conv_idx, root in group_of.items():
@@ -295,7 +322,13 @@ def _channel_groups(
     groups: dict[int, ChannelGroup] = {}
     for root, convs in sorted(members.items()):
         why = [f"conv {conv_idx}: {r}" for conv_idx in convs for r in reasons.get(conv_idx, [])]
-        groups[root] = ChannelGroup(tuple(sorted(convs)), cfg.layers[root].filters, prunable=not why, reasons=tuple(dict.fromkeys(why)))
+        split = set().union(*(parts.get(conv_idx, set()) for conv_idx in convs)) or {1}
+        if len(split) > 1:
+            # one coupling per set: routes splitting it differently would need positions to match in both
+            why.append(f"conv {root}: read by routes of groups {sorted(split)}")
+        groups[root] = ChannelGroup(
+            tuple(sorted(convs)), cfg.layers[root].filters, prunable=not why, reasons=tuple(dict.fromkeys(why)), parts=max(split)
+        )
     return group_of, groups
 
 
@@ -329,7 +362,8 @@ class ResidualBlock:
 def residual_blocks(cfg: DarknetCfg) -> list[ResidualBlock]:
     """Blocks that can be removed whole: two chained convs whose sum with the block input is a linear
     [shortcut], nothing else reading the convs, and a batch-normalised second conv (its constant
-    output β is what the shortcut keeps adding once the block is gone)."""
+    output β is what the shortcut keeps adding once the block is gone). The block must keep its
+    input's width: the shortcut's output then takes the input's place."""
     consumers = layer_consumers(cfg)
     blocks = []
     for idx, block in enumerate(cfg.layers):
@@ -342,6 +376,8 @@ def residual_blocks(cfg: DarknetCfg) -> list[ResidualBlock]:
         if cfg.resolve(idx, block.from_) != first - 1 or cfg.inputs_of(first) != [first - 1]:
             continue
         if consumers[first] != [second] or consumers[second] != [idx] or not second_block.batch_normalize:
+            continue
+        if cfg.channels_of(first - 1) != second_block.filters:
             continue
         blocks.append(ResidualBlock(first, second, idx))
     return blocks

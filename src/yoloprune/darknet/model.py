@@ -2,9 +2,11 @@
 
 Forward:
 - training mode returns the raw head maps, one per `[yolo]` layer, each `(N, anchors, H, W, 5 + classes)`
-  holding the un-activated network outputs (tx, ty, tw, th, objectness, class logits);
+  holding what the [yolo] layer reads (tx, ty, tw, th, objectness, class logits; with `new_coords=1`
+  the head conv's logistic has already made them probabilities);
 - eval mode returns decoded boxes `(N, sum of anchors*H*W over heads, 5 + classes)`: cx, cy, w, h in
-  input pixels, then objectness and class probabilities (sigmoid).
+  input pixels, then objectness and class probabilities, decoded as darknet's [yolo] layer does
+  (`BoxCoding`: sigmoid / exp, or with `new_coords=1` the head's input as it is / squared sizes).
 
 Layer `i` of the cfg is `model.layers[i]`, so state_dict keys read `layers.{i}.conv.weight`.
 """
@@ -12,6 +14,7 @@ Layer `i` of the cfg is `model.layers[i]`, so state_dict keys read `layers.{i}.c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,6 @@ from torch import nn
 from yoloprune.darknet.cfg import (
     ConvBlock,
     DarknetCfg,
-    LayerBlock,
     MaxpoolBlock,
     RouteBlock,
     ShortcutBlock,
@@ -37,6 +39,8 @@ BN_MOMENTUM = 0.03
 
 
 def make_activation(name: str) -> nn.Module:
+    """darknet's activation `name` (src/activations.c). darknet's mish takes softplus(x) as x above 20
+    and as exp(x) below -20, where both are exact to float32 precision: torch's Mish computes the same."""
     if name == "leaky":
         return nn.LeakyReLU(LEAKY_SLOPE)
     if name == "relu":
@@ -47,7 +51,9 @@ def make_activation(name: str) -> nn.Module:
         return nn.Sigmoid()
     if name == "swish":
         return nn.SiLU()
-    return nn.Identity()
+    if name == "linear":
+        return nn.Identity()
+    raise ValueError(f"unknown activation {name!r}")
 
 
 class ConvLayer(nn.Module):
@@ -75,14 +81,23 @@ class ConvLayer(nn.Module):
 
 
 class ShortcutLayer(nn.Module):
-    """`[shortcut]`: element-wise sum of the previous layer and `from`, then activation."""
+    """`[shortcut]`: element-wise sum of the previous layer and `from`, then activation.
 
-    def __init__(self, block: ShortcutBlock):
+    As in darknet (shortcut_multilayer_cpu), the output has the previous layer's channels; where the
+    two differ in width, only the channels both have are summed and the previous layer's remaining
+    channels pass unchanged (extra channels of `from` are dropped)."""
+
+    def __init__(self, block: ShortcutBlock, widths: tuple[int, int]):
         super().__init__()
         self.act = make_activation(block.activation)
+        # the widths are the cfg's: fixed here, the forward (and an ONNX trace) needs no shape test
+        self.common = None if widths[0] == widths[1] else min(widths)
 
     def forward(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        return self.act(x + other)
+        if self.common is None:
+            return self.act(x + other)
+        common = self.common
+        return self.act(torch.cat((x[:, :common] + other[:, :common], x[:, common:]), dim=1))
 
 
 class RouteLayer(nn.Module):
@@ -126,6 +141,39 @@ class MaxpoolLayer(nn.Module):
         return self.pool(x)
 
 
+@dataclass(frozen=True)
+class BoxCoding:
+    """How a [yolo] head reads its input, after darknet's forward_yolo_layer and get_yolo_box.
+
+    Classic: sigmoid on x, y, objectness and classes, exp(t)·anchor for the size. `new_coords`
+    (scaled-YOLOv4, YOLOv7): the [yolo] layer applies no sigmoid at all (the conv before it ends in
+    a logistic activation) and the size is (2t)²·anchor, at most 4 anchors for t < 1. Either way
+    `scale_x_y` stretches the centre offset around the cell centre, so that it can reach the
+    cell's edges. The training loss decodes with the same object, so it trains the boxes the model
+    outputs.
+    """
+
+    scale_x_y: float = 1.0
+    new_coords: bool = False
+
+    @classmethod
+    def of(cls, block: YoloBlock) -> "BoxCoding":
+        return cls(block.scale_x_y, block.new_coords)
+
+    def boxes(self, raw: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """`(..., 4)` from the raw `(..., >= 4)`: the centre as an offset from its cell's corner, in
+        cells, then the size in the unit of `anchors` (broadcast against `raw[..., 2:4]`)."""
+        xy = raw[..., :2] if self.new_coords else torch.sigmoid(raw[..., :2])
+        if self.scale_x_y != 1.0:
+            xy = xy * self.scale_x_y - (self.scale_x_y - 1) / 2
+        size = (2 * raw[..., 2:4]).square() if self.new_coords else torch.exp(raw[..., 2:4])
+        return torch.cat((xy, size * anchors), dim=-1)
+
+    def scores(self, raw: torch.Tensor) -> torch.Tensor:
+        """Objectness and class probabilities from their raw values."""
+        return raw if self.new_coords else torch.sigmoid(raw)
+
+
 class YoloLayer(nn.Module):
     """`[yolo]`: reshapes the previous conv's output into per-anchor predictions; decodes in eval."""
 
@@ -133,7 +181,7 @@ class YoloLayer(nn.Module):
         super().__init__()
         self.num_classes = block.classes
         self.num_anchors = len(block.mask)
-        self.scale_x_y = block.scale_x_y
+        self.coding = BoxCoding.of(block)
         self.register_buffer("anchors", torch.tensor(block.masked_anchors, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,22 +196,20 @@ class YoloLayer(nn.Module):
             torch.arange(w, device=raw.device, dtype=raw.dtype),
             indexing="ij",
         )
-        xy = torch.sigmoid(raw[..., :2])
-        if self.scale_x_y != 1.0:
-            xy = xy * self.scale_x_y - (self.scale_x_y - 1) / 2
-        cx = (xy[..., 0] + grid_x) * stride_x
-        cy = (xy[..., 1] + grid_y) * stride_y
-        anchors = self.anchors.to(raw.dtype).view(1, a, 1, 1, 2)
-        wh = torch.exp(raw[..., 2:4]) * anchors
-        out = torch.cat([cx.unsqueeze(-1), cy.unsqueeze(-1), wh, torch.sigmoid(raw[..., 4:])], dim=-1)
+        boxes = self.coding.boxes(raw, self.anchors.to(raw.dtype).view(1, a, 1, 1, 2))
+        cx = (boxes[..., 0] + grid_x) * stride_x
+        cy = (boxes[..., 1] + grid_y) * stride_y
+        out = torch.cat([cx.unsqueeze(-1), cy.unsqueeze(-1), boxes[..., 2:], self.coding.scores(raw[..., 4:])], dim=-1)
         return out.view(n, a * h * w, d)
 
 
-def _build_layer(block: LayerBlock, in_channels: int) -> nn.Module:
+def _build_layer(cfg: DarknetCfg, idx: int) -> nn.Module:
+    block = cfg.layers[idx]
     if isinstance(block, ConvBlock):
-        return ConvLayer(block, in_channels)
+        return ConvLayer(block, cfg.in_channels(idx))
     if isinstance(block, ShortcutBlock):
-        return ShortcutLayer(block)
+        previous, source = cfg.inputs_of(idx)
+        return ShortcutLayer(block, (cfg.channels_of(previous), cfg.channels_of(source)))
     if isinstance(block, RouteBlock):
         return RouteLayer(block)
     if isinstance(block, UpsampleBlock):
@@ -180,7 +226,7 @@ class Darknet(nn.Module):
             cfg = load_cfg(cfg)
         self.cfg = cfg
         self.out_channels = infer_channels(cfg)
-        self.layers = nn.ModuleList(_build_layer(block, cfg.in_channels(idx)) for idx, block in enumerate(cfg.layers))
+        self.layers = nn.ModuleList(_build_layer(cfg, idx) for idx in range(len(cfg.layers)))
         self.yolo_indices = cfg.yolo_indices
         self._initialize_head_biases()
         # Layer outputs that a later route/shortcut reads; all others are dropped as soon as used.

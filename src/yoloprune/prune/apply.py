@@ -8,8 +8,8 @@ network's output) from layer to layer:
 - conv: its pre-BN output gains Σ over kernel taps of W·o per output channel; subtracting that
   from the following BN's running_mean (or adding it to the conv bias without BN) makes the conv's
   output exact again — everywhere for 1×1 convs, away from the zero-padded border for larger ones;
-- shortcut (linear): the offsets of the two summands add up;
-- route: offsets are concatenated (sliced with `groups`);
+- shortcut (linear): the offsets of the two summands add up (over the channels both have);
+- route: offsets are concatenated (sliced with `groups`, whose parts keep equal numbers of channels);
 - upsample, maxpool: pass through (max(x + c) = max(x) + c per channel);
 - a removed residual block: its branch outputs the constant act(β) of its second conv, which the
   shortcut keeps adding; so the block's offset is that constant, passed on like any other.
@@ -95,6 +95,15 @@ def _shortcut_offset(idx: int, block: ShortcutBlock, total: torch.Tensor, kept: 
     return offset
 
 
+def _summed_offsets(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The offsets of a shortcut's summands added as darknet adds the summands: over the channels
+    both have, the previous layer's (`first`) width kept."""
+    common = min(len(first), len(second))
+    total = first.clone()
+    total[:common] += second[:common]
+    return total
+
+
 def _route_offset(block: RouteBlock, parts: list[torch.Tensor]) -> torch.Tensor:
     if block.groups > 1:
         parts = [part.chunk(block.groups)[block.group_id] for part in parts]
@@ -133,7 +142,7 @@ def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Te
                 residual = removed_shortcuts[idx]
                 offset = offset_or_zeros(residual.first - 1) + offset_or_zeros(residual.second)
             elif isinstance(block, ShortcutBlock) and (incoming[0] is not None or incoming[1] is not None):
-                offset = _shortcut_offset(idx, block, offset_or_zeros(inputs[0]) + offset_or_zeros(inputs[1]), kept[idx])
+                offset = _shortcut_offset(idx, block, _summed_offsets(offset_or_zeros(inputs[0]), offset_or_zeros(inputs[1])), kept[idx])
             elif isinstance(block, RouteBlock) and any(o is not None for o in incoming):
                 offset = _route_offset(block, [offset_or_zeros(j) for j in inputs])
             elif isinstance(block, (UpsampleBlock, MaxpoolBlock)):
@@ -166,6 +175,27 @@ def mask_model(model: Darknet, plan: PrunePlan) -> Darknet:
 # ---------------------------------------------------------------------------------------------- compact model
 
 
+def _shortcut_kept(idx: int, inputs: list[int], first: torch.Tensor, second: torch.Tensor, widths: list[int]) -> torch.Tensor:
+    """The channels a kept shortcut's output keeps: those of its summands, which must keep the same
+    ones. Summands of different widths (darknet sums the leading channels only) must stay whole:
+    removing a channel would shift which channels of the other summand it meets."""
+    if widths[0] != widths[1]:
+        if len(first) != widths[0] or len(second) != widths[1]:
+            raise ValueError(f"shortcut {idx}: its summands (layers {inputs}) differ in width, so neither may lose channels")
+    elif not torch.equal(first, second):
+        raise ValueError(f"shortcut {idx}: its summands keep different channels (layers {inputs})")
+    return first
+
+
+def _check_equal_parts(idx: int, j: int, indices: torch.Tensor, width: int, groups: int) -> None:
+    """A grouped route splits its pruned input into `groups` equal parts again: each original part
+    must keep the same number of channels, or the split would read across the part boundaries
+    (the planner couples the parts' positions, `darknet.graph.ChannelGroup.parts`)."""
+    counts = torch.bincount(indices // width, minlength=groups)
+    if not torch.all(counts == counts[0]):
+        raise ValueError(f"route {idx} splits layer {j} into {groups} groups, whose kept channels differ in number: {counts.tolist()}")
+
+
 def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
     """Per layer output of the original network: the channels that survive, in order."""
     cfg = model.cfg
@@ -189,10 +219,7 @@ def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
             if idx in removed_shortcuts:
                 kept.append(of(removed_shortcuts[idx].first - 1))
             else:
-                first, second = of(inputs[0]), of(inputs[1])
-                if not torch.equal(first, second):
-                    raise ValueError(f"shortcut {idx}: its summands keep different channels (layers {inputs})")
-                kept.append(first)
+                kept.append(_shortcut_kept(idx, inputs, of(inputs[0]), of(inputs[1]), [cfg.channels_of(j) for j in inputs]))
         elif isinstance(block, RouteBlock):
             parts, offset = [], 0
             for j in inputs:
@@ -200,6 +227,7 @@ def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
                 indices = of(j)
                 if block.groups > 1:
                     width = channels // block.groups
+                    _check_equal_parts(idx, j, indices, width, block.groups)
                     low = width * block.group_id
                     indices = indices[(indices >= low) & (indices < low + width)] - low
                     channels = width

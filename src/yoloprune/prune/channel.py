@@ -28,6 +28,10 @@ Among channels of equal importance (exact zeros, typically) the one in the costl
 Per conv at least `min_keep` channels stay (a fraction of its width if < 1, else a count; never
 zero), and with `round_to=R` the kept count is rounded up to a multiple of R (the extra channels
 are the next most important ones).
+
+A set read through a [route] with `groups` (`ChannelGroup.parts` > 1) is ranked by position: channel
+c of every part goes together, with the max of their importances, as one candidate costing all of
+them. `min_keep` and `round_to` then count positions (channels per part).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from yoloprune.darknet.graph import (
     count_cfg_macs,
     count_cfg_params,
     infer_output_hw,
+    part_channels,
     prunable_conv_indices,
 )
 from yoloprune.darknet.edit import build_pruned_cfg
@@ -61,16 +66,28 @@ BUDGET_TOLERANCE = 0.01  # relative: a budget F is met when the cost lands in FÂ
 
 @dataclass
 class _Unit:
-    """Convs pruned together (one channel set) and the importance of each of their channels."""
+    """Convs pruned together (one channel set) and the importance of each of their channel positions."""
 
     convs: tuple[int, ...]
-    importance: torch.Tensor  # (channels,) float64
+    importance: torch.Tensor  # (positions,) float64: per channel, or per position of every part
+    parts: int = 1  # the set's channels are `parts` runs whose position c is pruned together
     min_keep: int = 1
-    channel_macs: int = 0  # what one output channel of the unit's convs costs
+    channel_macs: int = 0  # what one position (a channel of every part) of the unit's convs costs
 
     @property
     def channels(self) -> int:
+        """Candidate positions: output channels per part."""
         return int(self.importance.numel())
+
+    def kept_channels(self, positions: list[int]) -> list[int]:
+        """The output channels kept when the unit keeps `positions`, ascending."""
+        return part_channels(positions, self.parts, self.channels)
+
+
+def _unit(convs: tuple[int, ...], scores: dict[int, torch.Tensor], parts: int) -> _Unit:
+    """The convs of one set ranked together: per position, the max importance over the convs and the parts."""
+    importance = torch.stack([scores[idx].view(parts, -1) for idx in convs]).amax(dim=(0, 1))
+    return _Unit(convs, importance, parts)
 
 
 def min_keep_count(min_keep: float, channels: int) -> int:
@@ -96,23 +113,23 @@ def _candidate_units(
 ) -> list[_Unit]:
     cfg = model.cfg
     sizes = infer_output_hw(cfg, (img_size, img_size))
+    graph = analyze_graph(cfg)
     units: list[_Unit] = []
     if mode == "safe":
-        for idx in prunable_conv_indices(model.cfg, "safe"):
+        for idx in prunable_conv_indices(cfg, "safe"):
             if idx not in removed_layers:
-                units.append(_Unit((idx,), scores[idx]))
+                units.append(_unit((idx,), scores, graph.group_for(idx).parts))
     else:
-        for group in analyze_graph(model.cfg).prunable_groups():
+        for group in graph.prunable_groups():
             members = tuple(idx for idx in group.convs if idx not in removed_layers)
             if members:
-                importance = torch.stack([scores[idx] for idx in members]).amax(dim=0)
-                units.append(_Unit(members, importance))
+                units.append(_unit(members, scores, group.parts))
     for unit in units:
         unit.min_keep = min_keep_count(min_keep, unit.channels)
         for idx in unit.convs:
-            # one output channel's share of the conv's cost
+            # one position's share of the conv's cost: a channel in each part
             block = cfg.layers[idx]
-            unit.channel_macs += conv_macs(block, cfg.in_channels(idx), sizes[idx]) // block.filters
+            unit.channel_macs += unit.parts * conv_macs(block, cfg.in_channels(idx), sizes[idx]) // block.filters
     return units
 
 
@@ -163,14 +180,14 @@ class _Ranking:
         kept: dict[int, list[int]] = {}
         for unit, order, count in zip(self.units, self.unit_order, counts):
             if count < unit.channels:
-                channels = sorted(order[:count].tolist())
+                channels = unit.kept_channels(order[:count].tolist())
                 for idx in unit.convs:
                     kept[idx] = channels
         return kept
 
 
 def _filters_for(units: list[_Unit], counts: list[int]) -> dict[int, int]:
-    return {idx: count for unit, count in zip(units, counts) for idx in unit.convs}
+    return {idx: count * unit.parts for unit, count in zip(units, counts) for idx in unit.convs}
 
 
 def _check_amount(mode: str, ratio, threshold, target_flops, target_params, round_to: int) -> None:

@@ -8,6 +8,10 @@ student can be taught, cell by cell, to reproduce the teacher's raw predictions:
   (sigmoid xy offsets, log-space wh), both weighted by the teacher's objectness so that the
   thousands of background cells do not drown the few cells that hold an object.
 The term is added to the ordinary detection loss, which keeps the ground truth in charge.
+
+A `new_coords` head (scaled-YOLOv4, YOLOv7; `darknet.model.BoxCoding`) outputs probabilities and
+offsets already (its conv ends in a logistic), so its raw values are not logits: they are taken as
+they are, and turned into logits only where the BCE needs them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 
 from yoloprune.darknet.cfg import DarknetCfg, YoloBlock
 from yoloprune.darknet.graph import infer_output_hw
+from yoloprune.darknet.model import BoxCoding
 from yoloprune.errors import WeightsError
 
 
@@ -47,6 +52,18 @@ def check_teacher_heads(teacher_cfg: DarknetCfg, student_cfg: DarknetCfg, img_si
         )
 
 
+def _score_logits(coding: BoxCoding, raw: torch.Tensor) -> torch.Tensor:
+    """Logits of a head's objectness or class scores: its raw values, or with new_coords (raw values
+    that are probabilities) their logit, clamped away from 0 and 1 where it would be infinite."""
+    return torch.logit(raw, eps=1e-6) if coding.new_coords else raw
+
+
+def _xy_offsets(coding: BoxCoding, raw: torch.Tensor) -> torch.Tensor:
+    """The box centre's offset in its cell (before scale_x_y): sigmoid of the raw value, or with
+    new_coords the raw value itself."""
+    return raw[..., :2] if coding.new_coords else torch.sigmoid(raw[..., :2])
+
+
 class OutputDistillation:
     """A Trainer extra loss term: `(images, student_heads, targets) -> (loss, parts)`."""
 
@@ -62,18 +79,18 @@ class OutputDistillation:
         if len(teacher_heads) != len(heads) or any(t.shape != s.shape for t, s in zip(teacher_heads, heads)):
             raise ValueError("teacher and student heads differ in shape: distillation needs the same [yolo] layers")
         obj_loss = box_loss = cls_loss = images.new_zeros(())
-        for student, teacher in zip(heads, teacher_heads):
-            student, teacher = student.float(), teacher.float()
-            teacher_obj = torch.sigmoid(teacher[..., 4])
-            obj_loss = obj_loss + F.binary_cross_entropy_with_logits(student[..., 4], teacher_obj)
+        for student, teacher, yolo in zip(heads, teacher_heads, self.teacher.yolo_layers):
+            student, teacher, coding = student.float(), teacher.float(), yolo.coding
+            teacher_obj = coding.scores(teacher[..., 4])
+            obj_loss = obj_loss + F.binary_cross_entropy_with_logits(_score_logits(coding, student[..., 4]), teacher_obj)
             cell_weight = teacher_obj / teacher_obj.sum().clamp(min=1e-6)
-            box_error = (torch.sigmoid(student[..., :2]) - torch.sigmoid(teacher[..., :2])).square().sum(-1) + (
+            box_error = (_xy_offsets(coding, student) - _xy_offsets(coding, teacher)).square().sum(-1) + (
                 student[..., 2:4] - teacher[..., 2:4]
             ).square().sum(-1)
             box_loss = box_loss + (box_error * cell_weight).sum()
             if student.shape[-1] > 5:
                 class_error = F.binary_cross_entropy_with_logits(
-                    student[..., 5:], torch.sigmoid(teacher[..., 5:]), reduction="none"
+                    _score_logits(coding, student[..., 5:]), coding.scores(teacher[..., 5:]), reduction="none"
                 ).mean(-1)
                 cls_loss = cls_loss + (class_error * cell_weight).sum()
         # Scaled by the batch size like the detection loss (a sum over images), so `weight` keeps its

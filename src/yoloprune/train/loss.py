@@ -21,6 +21,9 @@ Terms (each a mean, so the weights below are comparable across image and batch s
   grids hold many more negatives, so their mean is smaller).
 - cls: BCE over the class logits of positives (one-hot targets).
 
+Boxes are decoded as the model's [yolo] layers decode them (`BoxCoding`: `scale_x_y`, and darknet's
+`new_coords=1`, whose heads output probabilities and (2t)²-sized boxes rather than logits and exp(t)).
+
 `total = (box_weight·box + obj_weight·obj + cls_weight·cls + extra terms) · batch_size`, i.e. a sum
 over images, so the learning rate does not depend on the batch size.
 """
@@ -33,17 +36,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yoloprune.darknet.model import BoxCoding
 from yoloprune.eval.boxes import bbox_iou_pairwise
 
 # Per-head objectness weights, finest grid first, used when a model has exactly three heads.
 THREE_HEAD_BALANCE = (4.0, 1.0, 0.4)
 # exp(t) of the size logits is clamped here: a diverging early step must not produce inf boxes.
 MAX_SIZE_LOGIT = 6.0
+# Probabilities (new_coords heads) are kept this far from 0 and 1 in the BCE, which bounds its gradient.
+PROBABILITY_EPS = 1e-6
 
 
 def _clamp_keep_grad(logits: torch.Tensor, maximum: float) -> torch.Tensor:
     """Clamp the value but pass the gradient straight through, so an oversized box is still pulled back."""
     return logits - (logits - logits.clamp(max=maximum)).detach()
+
+
+def _raw_boxes(raw: torch.Tensor) -> torch.Tensor:
+    """The raw box values with the size clamped for exp(t); new_coords sizes, probabilities, never reach it."""
+    return torch.cat((raw[..., :2], _clamp_keep_grad(raw[..., 2:4], MAX_SIZE_LOGIT)), dim=-1)
+
+
+def _bce(raw: torch.Tensor, target: torch.Tensor, coding: BoxCoding, reduction: str = "none") -> torch.Tensor:
+    """BCE of objectness or class scores, whether the head outputs logits or (new_coords) probabilities."""
+    if coding.new_coords:
+        return F.binary_cross_entropy(raw.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS), target, reduction=reduction)
+    return F.binary_cross_entropy_with_logits(raw, target, reduction=reduction)
 
 
 @dataclass
@@ -57,7 +75,8 @@ class YoloLoss(nn.Module):
     """`loss(heads, targets, img_hw) -> (total, {"box", "obj", "cls"})`.
 
     `targets` is the data contract's `(M, 6)` float tensor `[img_idx, cls, cx, cy, w, h]`, normalised
-    to the input image. Anchors come from the model's `[yolo]` layers (input pixels).
+    to the input image. Anchors come from the model's `[yolo]` layers (input pixels), and so does
+    each head's box coding (default: classic YOLOv3 decoding for every head).
     """
 
     def __init__(
@@ -71,9 +90,13 @@ class YoloLoss(nn.Module):
         obj_pos_weight: float = 20.0,
         head_balance: tuple[float, ...] | None = None,
         box_kind: str = "ciou",
+        codings: list[BoxCoding] | None = None,
     ):
         super().__init__()
         self.anchors_per_head = [a.detach().float().cpu().clone() for a in anchors_per_head]
+        self.codings = list(codings) if codings is not None else [BoxCoding()] * len(anchors_per_head)
+        if len(self.codings) != len(self.anchors_per_head):
+            raise ValueError(f"{len(self.codings)} box codings for {len(self.anchors_per_head)} heads")
         self.num_classes = num_classes
         self.weights = weights or LossWeights()
         self.ignore_thresh = ignore_thresh
@@ -91,7 +114,22 @@ class YoloLoss(nn.Module):
             first_yolo = model.cfg.layers[model.yolo_indices[0]]
             options["ignore_thresh"] = float(first_yolo.extra.get("ignore_thresh", 0.7))
         anchors = [yolo.anchors for yolo in model.yolo_layers]
-        return cls(anchors, model.num_classes, **options)
+        return cls(anchors, model.num_classes, codings=[yolo.coding for yolo in model.yolo_layers], **options)
+
+    def decode_boxes(self, head_idx: int, raw: torch.Tensor, img_hw: tuple[int, int]) -> torch.Tensor:
+        """Every prediction's box `(N, A, H, W, 4)` as the loss sees it: centre (from the grid's
+        corner) and size in grid cells of head `head_idx`."""
+        _, num_anchors, grid_h, grid_w, _ = raw.shape
+        grid_y, grid_x = torch.meshgrid(torch.arange(grid_h, device=raw.device), torch.arange(grid_w, device=raw.device), indexing="ij")
+        anchors = self._anchors_grid(head_idx, raw, img_hw).view(1, num_anchors, 1, 1, 2)
+        boxes = self.codings[head_idx].boxes(_raw_boxes(raw), anchors)
+        return torch.cat((boxes[..., :2] + torch.stack((grid_x, grid_y), dim=-1), boxes[..., 2:]), dim=-1)
+
+    def _anchors_grid(self, head_idx: int, raw: torch.Tensor, img_hw: tuple[int, int]) -> torch.Tensor:
+        """Head `head_idx`'s anchors `(A, 2)` in its grid cells."""
+        grid_h, grid_w = raw.shape[2:4]
+        anchors_px = self.anchors_per_head[head_idx].to(raw.device)
+        return anchors_px / torch.tensor([img_hw[1] / grid_w, img_hw[0] / grid_h], device=raw.device)
 
     # ------------------------------------------------------------------------------------ assignment
 
@@ -155,8 +193,8 @@ class YoloLoss(nn.Module):
         for head_idx, raw in enumerate(heads):
             raw = raw.float()
             n, num_anchors, grid_h, grid_w, _ = raw.shape
-            anchors_px = self.anchors_per_head[head_idx].to(device)
-            anchors_grid = anchors_px / torch.tensor([img_hw[1] / grid_w, img_hw[0] / grid_h], device=device)
+            coding = self.codings[head_idx]
+            anchors_grid = self._anchors_grid(head_idx, raw, img_hw)
             head_matches = matches[:, anchor_offset : anchor_offset + num_anchors]
             anchor_offset += num_anchors
 
@@ -170,14 +208,13 @@ class YoloLoss(nn.Module):
 
             obj_target = torch.zeros(raw.shape[:4], device=device)
             obj_weight = torch.ones(raw.shape[:4], device=device)
-            obj_weight[self._ignored(raw, anchors_grid, gt_boxes, gt_valid)] = 0.0
+            obj_weight[self._ignored(head_idx, raw, img_hw, gt_boxes, gt_valid)] = 0.0
 
             if len(target_idx):
                 pred = raw[img_idx, anchor_idx, cell_y, cell_x]  # (P, 5 + C)
-                pred_xy = torch.sigmoid(pred[:, :2])
-                pred_wh = torch.exp(_clamp_keep_grad(pred[:, 2:4], MAX_SIZE_LOGIT)) * anchors_grid[anchor_idx]
+                pred_box = coding.boxes(_raw_boxes(pred), anchors_grid[anchor_idx])  # centre relative to its cell
                 cell_xy = torch.stack((cell_x, cell_y), 1).float()
-                overlap = bbox_iou_pairwise(torch.cat((pred_xy, pred_wh), 1), torch.cat((gxy - cell_xy, gwh), 1), kind=self.box_kind)
+                overlap = bbox_iou_pairwise(pred_box, torch.cat((gxy - cell_xy, gwh), 1), kind=self.box_kind)
                 box_sum = box_sum + (1.0 - overlap).sum()
                 num_positives += len(target_idx)
 
@@ -187,9 +224,9 @@ class YoloLoss(nn.Module):
                 obj_weight[img_idx, anchor_idx, cell_y, cell_x] = self.obj_pos_weight
 
                 class_target = F.one_hot(matched[:, 1].long(), self.num_classes).float()
-                cls_sum = cls_sum + F.binary_cross_entropy_with_logits(pred[:, 5:], class_target, reduction="sum") / self.num_classes
+                cls_sum = cls_sum + _bce(pred[:, 5:], class_target, coding, reduction="sum") / self.num_classes
 
-            obj_bce = F.binary_cross_entropy_with_logits(raw[..., 4], obj_target, reduction="none")
+            obj_bce = _bce(raw[..., 4], obj_target, coding)
             obj_loss = obj_loss + balance[head_idx] * (obj_bce * obj_weight).sum() / obj_weight.sum().clamp(min=1.0)
 
         denominator = max(num_positives, 1)
@@ -197,21 +234,16 @@ class YoloLoss(nn.Module):
         total = (self.weights.box * parts["box"] + self.weights.obj * parts["obj"] + self.weights.cls * parts["cls"]) * batch_size
         return total, {name: value.detach() for name, value in parts.items()}
 
-    def _ignored(self, raw: torch.Tensor, anchors_grid: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch.Tensor) -> torch.Tensor:
+    def _ignored(
+        self, head_idx: int, raw: torch.Tensor, img_hw: tuple[int, int], gt_boxes: torch.Tensor, gt_valid: torch.Tensor
+    ) -> torch.Tensor:
         """Cells whose decoded box overlaps some ground truth of its image above `ignore_thresh`."""
         n, num_anchors, grid_h, grid_w, _ = raw.shape
         if self.ignore_thresh >= 1.0 or not gt_valid.any():
             return torch.zeros(raw.shape[:4], dtype=torch.bool, device=raw.device)
         with torch.no_grad():
-            grid_y, grid_x = torch.meshgrid(
-                torch.arange(grid_h, device=raw.device), torch.arange(grid_w, device=raw.device), indexing="ij"
-            )
-            xy = torch.sigmoid(raw[..., :2])
-            cx = (xy[..., 0] + grid_x) / grid_w
-            cy = (xy[..., 1] + grid_y) / grid_h
-            wh = torch.exp(raw[..., 2:4].clamp(max=MAX_SIZE_LOGIT)) * anchors_grid.view(1, num_anchors, 1, 1, 2)
-            w, h = wh[..., 0] / grid_w, wh[..., 1] / grid_h
-            pred_boxes = torch.stack((cx, cy, w, h), -1).view(n, -1, 1, 4)
+            grid_size = torch.tensor([grid_w, grid_h, grid_w, grid_h], device=raw.device, dtype=raw.dtype)
+            pred_boxes = (self.decode_boxes(head_idx, raw, img_hw) / grid_size).view(n, -1, 1, 4)
             iou = bbox_iou_pairwise(pred_boxes, gt_boxes[:, None], kind="iou")  # (N, cells, max_gt)
             iou = iou.masked_fill(~gt_valid[:, None], 0.0)
             return (iou.max(-1).values > self.ignore_thresh).view(n, num_anchors, grid_h, grid_w)
