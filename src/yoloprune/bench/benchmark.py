@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,8 @@ def benchmark_models(specs: list[ModelSpec] | list[tuple[str, Darknet]], setting
     models: list[tuple[str, Darknet]] = [
         (spec.name, load_model(spec.cfg, spec.weights)) if isinstance(spec, ModelSpec) else spec for spec in specs
     ]
+    if settings.img_size is None:  # the size the models were built for, not a size they never saw
+        settings = replace(settings, img_size=models[0][1].cfg.net.width)
     previous_threads = torch.get_num_threads()
     threads = settings.threads or previous_threads
     torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ class BenchSettings:
         None, choices=("train", "valid", "test"), help="image list the mAP is measured on",
         default_text="test when the .data has one, else valid",
     )
-    img_size: int = option(416, help="square input size, a multiple of 32")
+    img_size: int | None = option(None, help="square input size, a multiple of 32", default_text="the first model's cfg width")
     runs: int = option(20, help="timed runs per model")
     warmup: int = option(5, help="untimed runs per model first")
     threads: int | None = option(None, help="CPU threads for both runtimes", default_text="torch's")
@@ -36,7 +36,8 @@ class BenchSettings:
     md_out: str | None = option(None, flag="--md", metavar="OUT", help="write the Markdown table")
 
     def __post_init__(self) -> None:
-        check_img_size(self.img_size)
+        if self.img_size is not None:
+            check_img_size(self.img_size)
         _check_timing(self.runs, self.warmup, self.threads)
         require(is_whole(self.batch) and self.batch >= 1, "batch", "a whole number >= 1", self.batch)
         require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)
@@ -48,8 +49,10 @@ class InfoSettings:
 
     cfg: str | None = option(None, positional=True, help="darknet .cfg (optional when --weights is a .pt, which carries its cfg)")
     weights: str | None = option(None, help="darknet .weights or yoloprune .pt to load (checks that it matches the cfg)")
-    img_size: int = option(416, help="square input size in pixels, a multiple of 32")
-    json: bool = option(False, help="print one JSON object: params, size_mb, gmacs, bflops (+ latency)")
+    img_size: int | None = option(
+        None, help="square input size in pixels, a multiple of 32", default_text="the cfg's [net] height x width, as darknet counts",
+    )
+    json: bool = option(False, help="print one JSON object: params, size_mb, gmacs, bflops, bflops_darknet, img_size, input_hw (+ latency)")
     layers: bool = option(False, help="with --json: include the per-layer rows")
     latency: bool = option(False, help="also measure CPU latency (batch 1, median)")
     threads: int | None = option(None, help="torch threads for --latency", default_text="torch's")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from yoloprune.cli._common import add_command
 from yoloprune.settings import from_arguments
@@ -35,14 +36,17 @@ def register(subparsers) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from yoloprune.eval.bootstrap import format_with_interval
-    from yoloprune.eval.runtimes import describe_runtime, load_eval_model, resolve_backend
+    from yoloprune.eval.runtimes import describe_runtime, load_eval_model, native_input_size, resolve_backend
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
+    from yoloprune.settings import resolve_device
 
     settings = from_arguments(EvalSettings, args)
     backend = resolve_backend(args.cfg, args.weights, settings.backend)  # a bad combination stops before the data is read
+    model = load_eval_model(args.cfg, args.weights, backend, resolve_device(settings.device), settings.img_size)
+    if settings.img_size is None:  # the size the model was built for: scoring at another one is a different model
+        settings = replace(settings, img_size=native_input_size(model))
     validator = Validator(settings)
-    model = load_eval_model(args.cfg, args.weights, backend, validator.device, settings.img_size)
     runtime = describe_runtime(model, validator.device)
     metrics = validator(model)
     if args.json:
@@ -74,7 +78,8 @@ def run_detect(args: argparse.Namespace) -> int:
     device = resolve_device(settings.device)
     class_names = read_class_names(settings.names) if settings.names else None
     model = load_model(args.cfg, args.weights, device)
-    results = detect_images(model, settings.source, settings.out, settings.img_size, settings.conf, settings.iou, device, class_names)
+    img_size = settings.img_size or model.cfg.net.width
+    results = detect_images(model, settings.source, settings.out, img_size, settings.conf, settings.iou, device, class_names)
     for result in results:
         summary = ", ".join(f"{name_class(int(cls), class_names)} {score:.2f}" for *_, score, cls in result.detections[:5])
         more = f", +{len(result.detections) - 5} more" if len(result.detections) > 5 else ""

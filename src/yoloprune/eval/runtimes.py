@@ -17,6 +17,7 @@ import torch
 
 from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, load_cfg
 from yoloprune.darknet.graph import count_cfg_params
+from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import is_checkpoint_path, load_model, read_darknet_header
 from yoloprune.errors import CfgError, SettingsError, WeightsError
 
@@ -32,6 +33,7 @@ class RuntimeModel:
     training = False
     num_classes: int
     description: str
+    native_size: int | None  # the input size it was built for (None: any)
 
     def eval(self) -> "RuntimeModel":
         return self
@@ -54,6 +56,7 @@ class OnnxRuntimeModel(RuntimeModel):
         import onnxruntime
 
         from yoloprune.export.onnx import create_ort_session
+        from yoloprune.export.quantize import is_quantized_onnx
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -73,6 +76,7 @@ class OnnxRuntimeModel(RuntimeModel):
         # A dimension exported as fixed is an int, a dynamic one a name.
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.fixed_hw = tuple(shape[2:]) if all(isinstance(v, int) for v in shape[2:]) else None
+        self.native_size = self.fixed_hw[1] if self.fixed_hw else None
         if img_size is not None:
             self._check_size((img_size, img_size))
         columns = outputs[0].shape[-1]
@@ -83,7 +87,9 @@ class OnnxRuntimeModel(RuntimeModel):
         if columns < 6:
             raise WeightsError(f"the output has {columns} columns per box, expected 5 + classes", self.path)
         self.num_classes = columns - 5
-        self.description = f"ONNX Runtime {onnxruntime.__version__} (CPUExecutionProvider)"
+        # An INT8 export (`export --int8`) scores differently from its float32 model: the report says which ran.
+        precision = ", INT8" if is_quantized_onnx(self.path) else ""
+        self.description = f"ONNX Runtime {onnxruntime.__version__} (CPUExecutionProvider{precision})"
 
     def _check_size(self, hw: tuple[int, int]) -> None:
         if self.fixed_hw is not None and tuple(hw) != self.fixed_hw:
@@ -128,6 +134,7 @@ class OpenCvDarknetModel(RuntimeModel):
         except cv2.error as error:
             raise CfgError(f"OpenCV DNN cannot load this cfg + weights ({_first_line(error)})", self.cfg_path) from None
         yolo_blocks = [cfg.layers[idx] for idx in cfg.yolo_indices]
+        self.native_size = cfg.net.width
         self.num_classes = yolo_blocks[0].classes
         self.anchors_per_head = [len(block.mask) for block in yolo_blocks]
         # OpenCV names each [yolo] layer by its cfg index.
@@ -226,6 +233,14 @@ def load_eval_model(
             log.warning("%s carries its network: the cfg %s is not used", weights, cfg)
         return OnnxRuntimeModel(weights, img_size)
     return OpenCvDarknetModel(cfg, weights)
+
+
+def native_input_size(model) -> int:
+    """The input size `model` was built for: its cfg's width, or an ONNX file's fixed input size."""
+    size = model.cfg.net.width if isinstance(model, Darknet) else model.native_size
+    if size is None:
+        raise SettingsError("img_size", f"{model.path} takes any input size: give one (--img-size)")
+    return size
 
 
 def describe_runtime(model, device: str | torch.device) -> str:

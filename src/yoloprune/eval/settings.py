@@ -21,7 +21,9 @@ class EvalSettings:
     split: str | None = option(
         None, choices=SPLITS, help="image list of the .data file to score on", default_text="test when the .data has one, else valid",
     )
-    img_size: int = option(416, aliases=("--img_size",), help="square input size, a multiple of 32")
+    img_size: int | None = option(
+        None, aliases=("--img_size",), help="square input size, a multiple of 32", default_text="the model's: the cfg's width, or the ONNX file's input",
+    )
     batch: int = option(8, aliases=("--batch_size",), help="images per batch")
     conf: float = option(0.001, aliases=("--conf_thres",), help="score threshold before NMS")
     iou: float = option(0.6, aliases=("--nms_thres",), help="NMS IoU threshold")
@@ -40,7 +42,8 @@ class EvalSettings:
     def __post_init__(self) -> None:
         self.data = str(self.data)
         require(self.split is None or self.split in SPLITS, "split", " or ".join(SPLITS), self.split)
-        check_img_size(self.img_size)
+        if self.img_size is not None:
+            check_img_size(self.img_size)
         require(is_whole(self.batch) and self.batch >= 1, "batch", "a whole number >= 1", self.batch)
         require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)
         check_score_thresholds(self.conf, self.iou)
@@ -60,13 +63,14 @@ class DetectSettings:
 
     source: str = option(help="an image file or a folder of images")
     out: str = option(help="output folder (must not be the source folder)")
-    img_size: int = option(416, aliases=("--img_size",), help="square input size, a multiple of 32")
+    img_size: int | None = option(None, aliases=("--img_size",), help="square input size, a multiple of 32", default_text="the cfg's width")
     conf: float = option(0.25, aliases=("--conf_thres",), help="score threshold")
     iou: float = option(0.45, aliases=("--nms_thres",), help="NMS IoU threshold")
     names: str | None = option(None, help="class names file (one a line) for the labels; default: class ids")
     device: str = option("auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
 
     def __post_init__(self) -> None:
-        check_img_size(self.img_size)
+        if self.img_size is not None:
+            check_img_size(self.img_size)
         check_score_thresholds(self.conf, self.iou)
         resolve_device(self.device)
