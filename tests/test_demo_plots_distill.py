@@ -71,9 +71,6 @@ def test_gamma_histogram_counts_every_considered_channel():
 
 
 def test_the_demo_model_is_the_committed_demo_cfg():
-    from yoloprune.darknet.builder import build_yolov3_cfg_text
     from yoloprune.demo import PROFILES
 
-    default = PROFILES["default"]
-    expected = build_yolov3_cfg_text(default.width_multiple, classes=1, img_size=default.img_size)
-    assert (CONFIGS / "yolov3-hand-demo.cfg").read_text() == expected
+    assert (CONFIGS / "yolov3-hand-demo.cfg").read_text() == PROFILES["default"].cfg_text()

@@ -138,14 +138,16 @@ class DemoPipeline:
         from yoloprune.eval.validator import Validator
         from yoloprune.export.onnx import export_onnx
 
+        validator = Validator(settings)
+        torch_model = load_model(None, pruned, validator.device).eval()
         onnx_path = self.out / "export" / "pruned.onnx"
         onnx_path.parent.mkdir(exist_ok=True)
-        export_onnx(load_model(None, pruned).eval(), onnx_path, settings.img_size, dynamic_batch=True)
+        export_onnx(torch_model, onnx_path, settings.img_size, dynamic_batch=True)
         self.commands.append(f"yoloprune export --weights {pruned} --out {onnx_path} --img-size {settings.img_size} --dynamic-batch")
-        validator = Validator(settings)
         scores = {}
         for backend, model_cfg, model_weights in (("torch", None, pruned), ("onnxruntime", None, onnx_path), ("opencv", cfg, weights)):
-            scores[backend] = validator.map50(load_eval_model(model_cfg, model_weights, backend, validator.device))
+            model = torch_model if backend == "torch" else load_eval_model(model_cfg, model_weights, backend, validator.device)
+            scores[backend] = validator.map50(model)
             evaluated = replace(settings, backend=backend)
             model_flags = (f"--cfg {model_cfg} " if model_cfg else "") + f"--weights {model_weights}"
             self.commands.append(command_line("eval", evaluated, model_flags))
@@ -166,7 +168,6 @@ def run_demo(
 ) -> DemoResult:
     """Run every stage (reusing those still valid) and write report.md; `split` is what the reported
     mAP reads (what chooses always reads valid)."""
-    from yoloprune.darknet.builder import build_yolov3_cfg_text
     from yoloprune.demo.report import write_report
 
     start = time.perf_counter()
@@ -177,7 +178,7 @@ def run_demo(
     with run.timed("data"):
         data = run.data()
     cfg = out / "model.cfg"
-    atomic_write_text(cfg, build_yolov3_cfg_text(p.width_multiple, classes=1, img_size=p.img_size))
+    atomic_write_text(cfg, p.cfg_text())
     common = dict(
         data=str(data), img_size=p.img_size, batch_size=p.batch, device=device, workers=workers, eval_every=p.eval_every,
         optimizer=p.optimizer, lr=p.lr,
@@ -233,7 +234,7 @@ def run_demo(
         runtimes = run.runtimes(pruned, pruned_cfg, out / "prune" / "pruned.weights", EvalSettings(
             data=str(data), split=split, img_size=p.img_size, workers=workers, device=device, intervals=False,
         ))
-        figures = run.figures(out / "sparse", out / "prune")
+    figures = run.figures(out / "sparse", out / "prune")  # seconds; not a timed stage
     seconds = time.perf_counter() - start
     report_md = write_report(run, bench, table, prune_report, sparse.metrics_csv, figures, runtimes, seconds)
     log.info("report: %s (%.1f min)", report_md, seconds / 60)

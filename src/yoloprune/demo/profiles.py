@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from yoloprune.darknet.builder import STAGE_DEPTHS, build_yolov3_cfg_text
 from yoloprune.settings import is_whole, option, require
 
 
@@ -38,6 +39,11 @@ class DemoProfile:
     gamma_lr_scale: float = 1.0  # sparsity training: learning-rate multiplier of the penalised γ
     finetune_lr_ratio: float = 0.2  # finetune lr = lr · this
     layers: int | str = 0  # residual blocks the pruning removes, or "auto" (chosen by the mAP search)
+    stage_depths: tuple[int, ...] = STAGE_DEPTHS  # residual blocks per backbone stage
+
+    def cfg_text(self) -> str:
+        """The demo model: YOLOv3 topology at this profile's width, depth and input size, one class."""
+        return build_yolov3_cfg_text(self.width_multiple, classes=1, img_size=self.img_size, stage_depths=self.stage_depths)
 
 
 PROFILES = {
