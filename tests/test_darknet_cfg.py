@@ -55,6 +55,22 @@ def test_builder_reproduces_the_hand_cfg_layers():
     assert generated.layers == reference.layers
 
 
+def test_builder_reproduces_darknets_yolov4_tiny_layers():
+    """Layer for layer darknet's yolov4-tiny.cfg, but for [yolo] keys only darknet's training reads."""
+    from dataclasses import replace
+
+    from yoloprune.darknet.builder import build_yolov4_tiny_cfg_text
+
+    def inference_view(cfg):
+        return [replace(b, extra={"scale_x_y": b.extra["scale_x_y"]}) if isinstance(b, YoloBlock) else b for b in cfg.layers]
+
+    generated = parse_cfg(build_yolov4_tiny_cfg_text(1.0, classes=80, img_size=416))
+    assert inference_view(generated) == inference_view(load_cfg(FIXTURES / "yolov4-tiny.cfg"))
+    narrow = parse_cfg(build_yolov4_tiny_cfg_text(0.3, classes=1, img_size=128))
+    grouped = [narrow.layers[i - 1] for i, b in enumerate(narrow.layers) if isinstance(b, RouteBlock) and b.groups == 2]
+    assert grouped and all(conv.filters % 2 == 0 for conv in grouped), "a grouped route must split its input into equal halves"
+
+
 def test_typed_fields_of_tiny_and_spp():
     tiny = load_cfg(FIXTURES / "yolov3-tiny.cfg")
     pools = [b for b in tiny.layers if isinstance(b, MaxpoolBlock)]

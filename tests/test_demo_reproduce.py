@@ -143,3 +143,18 @@ def check_reuse(out: Path) -> None:
     # the plot command regenerates the figures
     assert main(["plot", str(out / "sparse"), "--out", str(out / "figs")]) == 0
     assert (out / "figs" / "gamma_hist.png").exists()
+
+
+@pytest.mark.slow
+def test_quick_demo_with_yolov4_tiny(tmp_path):
+    """`demo --model yolov4-tiny`: the same chain and report on YOLOv4-tiny (route groups, scale_x_y
+    heads), whose pruned model OpenCV runs as PyTorch does."""
+    from yoloprune.darknet.builder import build_yolov4_tiny_cfg_text
+    from yoloprune.demo import PROFILES
+
+    out = tmp_path / "demo"
+    run_demo(out, "quick", model="yolov4-tiny")
+    p = PROFILES["quick"]
+    assert (out / "model.cfg").read_text() == build_yolov4_tiny_cfg_text(2 * p.width_multiple, classes=1, img_size=p.img_size)
+    check_report(out)
+    assert "YOLOv4-tiny topology" in (out / "report.md").read_text()

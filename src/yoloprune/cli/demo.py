@@ -28,7 +28,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from yoloprune.demo.profiles import DemoSettings
 
     settings = from_arguments(DemoSettings, args)
-    result = run_demo(settings.out, settings.profile, settings.device, settings.workers, settings.split)
+    result = run_demo(settings.out, settings.profile, settings.device, settings.workers, settings.split, settings.model)
     print(result.report_md.read_text())
     print(f"report: {result.report_md}  ({result.seconds / 60:.1f} min)")
     return 0

@@ -165,6 +165,7 @@ class DemoPipeline:
 
 def run_demo(
     out_dir: str | Path = "runs/demo", profile: str | DemoProfile = "default", device: str = "cpu", workers: int = 0, split: str = "test",
+    model: str = "yolov3",
 ) -> DemoResult:
     """Run every stage (reusing those still valid) and write report.md; `split` is what the reported
     mAP reads (what chooses always reads valid)."""
@@ -178,7 +179,7 @@ def run_demo(
     with run.timed("data"):
         data = run.data()
     cfg = out / "model.cfg"
-    atomic_write_text(cfg, p.cfg_text())
+    atomic_write_text(cfg, p.cfg_text(model))
     common = dict(
         data=str(data), img_size=p.img_size, batch_size=p.batch, device=device, workers=workers, eval_every=p.eval_every,
         optimizer=p.optimizer, lr=p.lr,

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from yoloprune.darknet.builder import STAGE_DEPTHS, build_yolov3_cfg_text
+from yoloprune.darknet.builder import STAGE_DEPTHS, build_yolov3_cfg_text, build_yolov4_tiny_cfg_text
 from yoloprune.settings import is_whole, option, require
+
+
+MODELS = ("yolov3", "yolov4-tiny")
+# YOLOv4-tiny runs at twice the profile's width: at x0.25 its first convs would hold 8 channels, too
+# few to prune, and the whole model 0.02 GMACs at 128 px, where latency is overhead, not convs.
+TINY_WIDTH_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,11 @@ class DemoProfile:
     layers: int | str = 0  # residual blocks the pruning removes, or "auto" (chosen by the mAP search)
     stage_depths: tuple[int, ...] = STAGE_DEPTHS  # residual blocks per backbone stage
 
-    def cfg_text(self) -> str:
-        """The demo model: YOLOv3 topology at this profile's width, depth and input size, one class."""
+    def cfg_text(self, model: str = "yolov3") -> str:
+        """The demo model, one class at this profile's input size: YOLOv3 topology at the profile's
+        width and depth, or YOLOv4-tiny at `TINY_WIDTH_FACTOR` x that width."""
+        if model == "yolov4-tiny":
+            return build_yolov4_tiny_cfg_text(self.width_multiple * TINY_WIDTH_FACTOR, classes=1, img_size=self.img_size)
         return build_yolov3_cfg_text(self.width_multiple, classes=1, img_size=self.img_size, stage_depths=self.stage_depths)
 
 
@@ -94,6 +103,7 @@ class DemoSettings:
         help="quick: tiny data and few epochs (smoke run); default: about 30 min on a 2-core CPU; "
         "hard: a harder synthetic task at 160 px (about an hour); full: seed-scale, yolov3-hand.cfg at 416 px (GPU)",
     )
+    model: str = option("yolov3", choices=MODELS, help="the detector: YOLOv3 topology, or YOLOv4-tiny at twice the profile's width")
     device: str = option("cpu", help="cpu, cuda, cuda:N")
     workers: int = option(0, help="data loader worker processes")
     split: str = option("test", choices=("valid", "test"), help="the split every reported mAP reads (what chooses reads valid)")
@@ -101,4 +111,5 @@ class DemoSettings:
     def __post_init__(self) -> None:
         require(self.profile in PROFILES, "profile", " or ".join(PROFILES), self.profile)
         require(self.split in ("valid", "test"), "split", "valid or test", self.split)
+        require(self.model in MODELS, "model", " or ".join(MODELS), self.model)
         require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -126,6 +127,12 @@ def _runtimes(scores: dict[str, float], split: str) -> list[str]:
     ]
 
 
+def _model_description(cfg_path: Path) -> str:
+    """What the builder's header line says of the demo model, e.g. "YOLOv3 topology, width x0.25"."""
+    header = cfg_path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+    return re.split(r", \d+ class", header)[0]
+
+
 def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float, split: str) -> list[str]:
     threshold = prune_report.threshold if prune_report.threshold is not None else float("nan")
     return [
@@ -133,7 +140,7 @@ def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float, spl
         "",
         f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid / {p.test_images} test images at {p.img_size} px "
         f"(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the {split} images.",
-        f"- Model: YOLOv3 topology at width x{p.width_multiple:g}, {'-'.join(map(str, p.stage_depths))} residual blocks per backbone stage (`{out_dir / 'model.cfg'}`), trained from scratch for "
+        f"- Model: {_model_description(out_dir / 'model.cfg')} (`{out_dir / 'model.cfg'}`), trained from scratch for "
         f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine).",
         f"- Sparsity training: {p.sparse_epochs} epochs from the baseline with s = {p.sparsity:g} on every BN γ"
         + (f", s / 100 after {p.sparsity_decay:.0%} of the epochs" if p.sparsity_decay else "")
