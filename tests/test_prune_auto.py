@@ -131,3 +131,28 @@ def test_cli_stops_with_one_line_naming_the_closest_map_and_writes_nothing(tmp_p
     assert code == 2 and len(errors) == 1 and "Traceback" not in err
     assert_names_the_closest_trial(errors[0], scripted.closest_trial(), settings=("--layers", "--max-map-drop"))
     assert not out.exists() and not list(tmp_path.rglob("pruned.*"))
+
+
+@pytest.mark.parametrize("calibration_effect", [-0.05, 0.02])
+def test_the_search_recalibrates_only_where_that_does_not_lower_the_unpruned_score(calibration_effect):
+    """Re-calibration is chosen on the validation score of the unpruned model: a re-calibration that
+    costs mAP there is left out of every trial (and of the result), one that helps is kept."""
+    model = sparse_nano()
+    scripted = ScriptedMap(model)
+
+    def recalibrate(pruned: Darknet) -> None:
+        pruned.recalibrated = True
+
+    def evaluate(pruned: Darknet) -> float:
+        return scripted(pruned) + (calibration_effect if getattr(pruned, "recalibrated", False) else 0.0)
+
+    seen = []
+    result = search_max_pruning(
+        model, lambda m: seen.append(getattr(m, "recalibrated", False)) or evaluate(m), max_map_drop=0.1,
+        apply=prune_model, recalibrate=recalibrate, steps=3,
+    )
+    helps = calibration_effect > 0
+    assert seen[:2] == [False, True]  # the unpruned model as given, then re-calibrated
+    assert all(flag == helps for flag in seen[2:]) and len(seen) > 2
+    assert result.recalibrated == helps
+    assert result.map50_recalibrated == pytest.approx(1.0 + calibration_effect)

@@ -71,9 +71,14 @@ class AutoPruneResult:
     map50_before: float
     map50_after: float
     trials: list[AutoTrial] = field(default_factory=list)
+    recalibrated: bool = False  # whether the trials (and so the result) were BN re-calibrated
+    map50_recalibrated: float | None = None  # the unpruned model's score after re-calibration, when tried
 
     def to_dict(self) -> dict:
-        return {"map50_before": self.map50_before, "map50_after": self.map50_after, "trials": [asdict(t) for t in self.trials]}
+        return {
+            "map50_before": self.map50_before, "map50_after": self.map50_after, "recalibrated": self.recalibrated,
+            "map50_recalibrated": self.map50_recalibrated, "trials": [asdict(t) for t in self.trials],
+        }
 
 
 class _Trials:
@@ -130,7 +135,8 @@ def search_max_pruning(
     """Bisection (`steps` trials after the baseline) for the largest removed fraction of candidate
     channels whose pruned model scores `evaluate_map50(model) >= baseline - max_map_drop`.
     Every trial model is `apply(model, plan)` (`prune.apply.prune_model`: the search itself only plans);
-    `recalibrate(pruned)`, when given, runs on it before it is evaluated.
+    `recalibrate(pruned)`, when given, runs on it before it is evaluated, unless re-calibrating the
+    unpruned model already lowers its score: then the search runs without it (`result.recalibrated`).
     `search_blocks=True` first chooses the residual blocks to remove (instead of `removed_blocks`)."""
     if max_map_drop < 0:
         raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
@@ -141,6 +147,18 @@ def search_max_pruning(
     baseline = float(evaluate_map50(model))
     floor = baseline - max_map_drop
     log.info("auto prune: baseline mAP@0.5 %.4f, accepting >= %.4f", baseline, floor)
+    recalibrated_baseline = None
+    if recalibrate is not None:
+        # Re-calibration is a choice, so the validation split makes it: where it costs the unpruned
+        # model mAP (BN statistics from un-augmented training images can fit worse than the trained
+        # ones), every trial would pay that cost before removing a single channel.
+        unpruned = apply(model, trials.plan(0.0, []))
+        recalibrate(unpruned)
+        recalibrated_baseline = float(evaluate_map50(unpruned))
+        if recalibrated_baseline < baseline:
+            log.info("auto prune: BN re-calibration lowers the unpruned model's mAP@0.5 (%.4f -> %.4f): searching without it",
+                     baseline, recalibrated_baseline)
+            trials.recalibrate = None
     # The starting plan: no channels, and no blocks unless a fixed count was given. Without blocks it
     # is the unpruned model, whose score is the baseline itself (no evaluation needed).
     best_plan, best_map = trials.plan(0.0, list(removed_blocks)), baseline
@@ -153,7 +171,7 @@ def search_max_pruning(
             raise MapToleranceError(baseline, max_map_drop, max(trials.trials, key=lambda t: t.map50))
     best_plan, best_map = _search_channel_ratio(trials, floor, steps, best_plan, best_map)
     assert best_map >= floor, f"auto prune returned mAP@0.5 {best_map} under the floor {floor}"
-    return AutoPruneResult(best_plan, baseline, best_map, trials.trials)
+    return AutoPruneResult(best_plan, baseline, best_map, trials.trials, trials.recalibrate is not None, recalibrated_baseline)
 
 
 def _search_block_count(trials: _Trials, floor: float, best_plan: PrunePlan, best_map: float) -> tuple[PrunePlan, float]:

@@ -120,6 +120,7 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
             recalibrate=recalibrate, search_blocks=search_blocks, **common,
         )
         plan = auto_result.plan
+        recalibrate = recalibrate if auto_result.recalibrated else None
     else:
         plan = plan_channel_prune(
             model,
