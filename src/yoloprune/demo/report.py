@@ -133,6 +133,16 @@ def _model_description(cfg_path: Path) -> str:
     return re.split(r", \d+ class", header)[0]
 
 
+def _calibration_text(prune_report) -> str:
+    if prune_report.calibrated_images:
+        return f"BN statistics re-calibrated on {prune_report.calibrated_images} training images (every trial of the search too)."
+    auto = prune_report.auto or {}
+    if auto.get("map50_recalibrated") is not None:
+        return (f"BN statistics not re-calibrated: re-calibration lowered the sparse model's validation mAP@0.5 "
+                f"from {auto['map50_before']:.4f} to {auto['map50_recalibrated']:.4f}.")
+    return "BN statistics not re-calibrated."
+
+
 def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float, split: str) -> list[str]:
     threshold = prune_report.threshold if prune_report.threshold is not None else float("nan")
     return [
@@ -151,7 +161,7 @@ def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float, spl
         + f", then the most channels whose validation mAP@0.5 stays within {p.max_map_drop} of the sparse model "
         f"(bisection, {p.auto_steps} evaluations); threshold |γ| = {threshold:.4g}, "
         f"{len(prune_report.removed_blocks)} residual block(s) removed, kept channels rounded up to multiples of {p.round_to}, "
-        f"BN statistics re-calibrated on {prune_report.calibrated_images or 0} training images (every trial of the search too).",
+        + _calibration_text(prune_report),
         f"- Finetuning: {p.finetune_epochs} epochs at lr {p.lr * p.finetune_lr_ratio:g}, distilled from the baseline.",
         f"- Controls: *baseline-equal-epochs* continues the baseline for {p.sparse_epochs + p.finetune_epochs} epochs with the "
         f"sparsity stage's recipe and no penalty; *scratch* trains `{out_dir / 'prune' / 'pruned.cfg'}` from random init for "
