@@ -141,6 +141,9 @@ class MaxpoolLayer(nn.Module):
         return self.pool(x)
 
 
+SCORE_EPS = 1e-6  # new_coords scores are kept this far from 0 and 1 when taken as logits
+
+
 @dataclass(frozen=True)
 class BoxCoding:
     """How a [yolo] head reads its input, after darknet's forward_yolo_layer and get_yolo_box.
@@ -163,15 +166,24 @@ class BoxCoding:
     def boxes(self, raw: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """`(..., 4)` from the raw `(..., >= 4)`: the centre as an offset from its cell's corner, in
         cells, then the size in the unit of `anchors` (broadcast against `raw[..., 2:4]`)."""
-        xy = raw[..., :2] if self.new_coords else torch.sigmoid(raw[..., :2])
+        xy = self.centre(raw)
         if self.scale_x_y != 1.0:
             xy = xy * self.scale_x_y - (self.scale_x_y - 1) / 2
         size = (2 * raw[..., 2:4]).square() if self.new_coords else torch.exp(raw[..., 2:4])
         return torch.cat((xy, size * anchors), dim=-1)
 
+    def centre(self, raw: torch.Tensor) -> torch.Tensor:
+        """The centre's offset in its cell `(..., 2)`, before `scale_x_y` stretches it."""
+        return raw[..., :2] if self.new_coords else torch.sigmoid(raw[..., :2])
+
     def scores(self, raw: torch.Tensor) -> torch.Tensor:
         """Objectness and class probabilities from their raw values."""
         return raw if self.new_coords else torch.sigmoid(raw)
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """The logits of those probabilities, for a BCE: the raw values, or with new_coords their
+        logit, clamped 1e-6 from 0 and 1 where it would be infinite (which bounds its gradient)."""
+        return torch.logit(raw, eps=SCORE_EPS) if self.new_coords else raw
 
 
 class YoloLayer(nn.Module):

@@ -24,7 +24,6 @@ from torch import nn
 
 from yoloprune.darknet.cfg import DarknetCfg, YoloBlock
 from yoloprune.darknet.graph import infer_output_hw
-from yoloprune.darknet.model import BoxCoding
 from yoloprune.errors import WeightsError
 
 
@@ -52,18 +51,6 @@ def check_teacher_heads(teacher_cfg: DarknetCfg, student_cfg: DarknetCfg, img_si
         )
 
 
-def _score_logits(coding: BoxCoding, raw: torch.Tensor) -> torch.Tensor:
-    """Logits of a head's objectness or class scores: its raw values, or with new_coords (raw values
-    that are probabilities) their logit, clamped away from 0 and 1 where it would be infinite."""
-    return torch.logit(raw, eps=1e-6) if coding.new_coords else raw
-
-
-def _xy_offsets(coding: BoxCoding, raw: torch.Tensor) -> torch.Tensor:
-    """The box centre's offset in its cell (before scale_x_y): sigmoid of the raw value, or with
-    new_coords the raw value itself."""
-    return raw[..., :2] if coding.new_coords else torch.sigmoid(raw[..., :2])
-
-
 class OutputDistillation:
     """A Trainer extra loss term: `(images, student_heads, targets) -> (loss, parts)`."""
 
@@ -82,15 +69,15 @@ class OutputDistillation:
         for student, teacher, yolo in zip(heads, teacher_heads, self.teacher.yolo_layers):
             student, teacher, coding = student.float(), teacher.float(), yolo.coding
             teacher_obj = coding.scores(teacher[..., 4])
-            obj_loss = obj_loss + F.binary_cross_entropy_with_logits(_score_logits(coding, student[..., 4]), teacher_obj)
+            obj_loss = obj_loss + F.binary_cross_entropy_with_logits(coding.logits(student[..., 4]), teacher_obj)
             cell_weight = teacher_obj / teacher_obj.sum().clamp(min=1e-6)
-            box_error = (_xy_offsets(coding, student) - _xy_offsets(coding, teacher)).square().sum(-1) + (
+            box_error = (coding.centre(student) - coding.centre(teacher)).square().sum(-1) + (
                 student[..., 2:4] - teacher[..., 2:4]
             ).square().sum(-1)
             box_loss = box_loss + (box_error * cell_weight).sum()
             if student.shape[-1] > 5:
                 class_error = F.binary_cross_entropy_with_logits(
-                    _score_logits(coding, student[..., 5:]), coding.scores(teacher[..., 5:]), reduction="none"
+                    coding.logits(student[..., 5:]), coding.scores(teacher[..., 5:]), reduction="none"
                 ).mean(-1)
                 cls_loss = cls_loss + (class_error * cell_weight).sum()
         # Scaled by the batch size like the detection loss (a sum over images), so `weight` keeps its

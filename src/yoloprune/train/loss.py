@@ -43,8 +43,6 @@ from yoloprune.eval.boxes import bbox_iou_pairwise
 THREE_HEAD_BALANCE = (4.0, 1.0, 0.4)
 # exp(t) of the size logits is clamped here: a diverging early step must not produce inf boxes.
 MAX_SIZE_LOGIT = 6.0
-# Probabilities (new_coords heads) are kept this far from 0 and 1 in the BCE, which bounds its gradient.
-PROBABILITY_EPS = 1e-6
 
 
 def _clamp_keep_grad(logits: torch.Tensor, maximum: float) -> torch.Tensor:
@@ -59,9 +57,7 @@ def _raw_boxes(raw: torch.Tensor) -> torch.Tensor:
 
 def _bce(raw: torch.Tensor, target: torch.Tensor, coding: BoxCoding, reduction: str = "none") -> torch.Tensor:
     """BCE of objectness or class scores, whether the head outputs logits or (new_coords) probabilities."""
-    if coding.new_coords:
-        return F.binary_cross_entropy(raw.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS), target, reduction=reduction)
-    return F.binary_cross_entropy_with_logits(raw, target, reduction=reduction)
+    return F.binary_cross_entropy_with_logits(coding.logits(raw), target, reduction=reduction)
 
 
 @dataclass
