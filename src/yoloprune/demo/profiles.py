@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from yoloprune.darknet.builder import STAGE_DEPTHS, build_yolov3_cfg_text, build_yolov4_tiny_cfg_text
+from yoloprune.darknet.builder import build_yolov3_cfg_text, build_yolov4_tiny_cfg_text
 from yoloprune.settings import is_whole, option, require
 
 
@@ -45,14 +45,13 @@ class DemoProfile:
     gamma_lr_scale: float = 1.0  # sparsity training: learning-rate multiplier of the penalised γ
     finetune_lr_ratio: float = 0.2  # finetune lr = lr · this
     layers: int | str = 0  # residual blocks the pruning removes, or "auto" (chosen by the mAP search)
-    stage_depths: tuple[int, ...] = STAGE_DEPTHS  # residual blocks per backbone stage
 
     def cfg_text(self, model: str = "yolov3") -> str:
         """The demo model, one class at this profile's input size: YOLOv3 topology at the profile's
-        width and depth, or YOLOv4-tiny at `TINY_WIDTH_FACTOR` x that width."""
+        width, or YOLOv4-tiny at `TINY_WIDTH_FACTOR` x that width."""
         if model == "yolov4-tiny":
             return build_yolov4_tiny_cfg_text(self.width_multiple * TINY_WIDTH_FACTOR, classes=1, img_size=self.img_size)
-        return build_yolov3_cfg_text(self.width_multiple, classes=1, img_size=self.img_size, stage_depths=self.stage_depths)
+        return build_yolov3_cfg_text(self.width_multiple, classes=1, img_size=self.img_size)
 
 
 PROFILES = {
