@@ -53,7 +53,7 @@ def assert_same_content(name: str, first: Path, second: Path) -> None:
         assert first.read_bytes() == second.read_bytes(), name
 
 
-ROWS = {"baseline", "baseline-equal-epochs", "sparse", "pruned", "finetuned", "scratch"}
+ROWS = {"baseline", "baseline-equal-epochs", "sparse", "pruned", "finetuned", "scratch", "finetuned int8"}
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ def test_quick_demo_report_reproduction_and_reuse(tmp_path, monkeypatch):
     check_report(out)
     commands = re.search(r"```bash\n(.*?)```", (out / "report.md").read_text(), flags=re.S).group(1).splitlines()
     assert [line.split()[1] for line in commands] == [
-        "data", "train", "train", "prune", "train", "train", "train", "bench", "export", "eval", "eval", "eval", "plot", "plot",
+        "data", "data", "train", "train", "prune", "train", "train", "train", "bench", "export", "eval", "eval", "eval", "plot", "plot",
     ]
 
     second = tmp_path / "second"
@@ -92,8 +92,11 @@ def check_report(out: Path) -> None:
     models = bench["models"]
     assert models["pruned"]["gmacs"] <= models["baseline"]["gmacs"]
     assert models["scratch"]["gmacs"] == pytest.approx(models["finetuned"]["gmacs"])  # the same architecture
-    for row, reference in (("finetuned", "baseline-equal-epochs"), ("finetuned", "scratch"), ("pruned", "sparse")):
+    for row, reference in (("finetuned", "baseline-equal-epochs"), ("finetuned", "scratch"), ("pruned", "sparse"), ("finetuned int8", "finetuned")):
         assert f"| {row} − {reference} |" in report
+    int8 = models["finetuned int8"]  # the finetuned model's INT8 export: same architecture, ONNX Runtime only
+    assert int8["int8_of"] == "finetuned" and int8["latency_ms_torch"] is None and int8["gmacs"] == models["finetuned"]["gmacs"]
+    assert "| finetuned int8 / baseline |" in report
     # The three runtimes score the same model through the same post-processing.
     line = next(line for line in report.splitlines() if "largest difference" in line)
     scores = [float(value) for value in re.findall(r"(?:PyTorch|export\)|weights\)) (\d\.\d{4})", line)]
@@ -155,6 +158,11 @@ def test_quick_demo_with_yolov4_tiny(tmp_path):
     out = tmp_path / "demo"
     run_demo(out, "quick", model="yolov4-tiny")
     p = PROFILES["quick"]
-    assert (out / "model.cfg").read_text() == build_yolov4_tiny_cfg_text(2 * p.width_multiple, classes=1, img_size=p.img_size)
+    built = build_yolov4_tiny_cfg_text(2 * p.width_multiple, classes=1, img_size=p.img_size).splitlines()
+    written = (out / "model.cfg").read_text().splitlines()
+    # the builder's cfg with its six anchors refitted to the data
+    assert len(written) == len(built) and [a for a in written if a not in built] and all(
+        a.startswith("anchors = ") and len(a.split("=")[1].split(",")) == 12 for a in written if a not in built
+    )
     check_report(out)
     assert "YOLOv4-tiny topology" in (out / "report.md").read_text()

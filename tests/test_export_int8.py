@@ -157,3 +157,39 @@ def test_eval_scores_the_int8_model_and_names_it(exported, capsys):
     assert int8["backend"] == "onnxruntime" and "INT8" in int8["runtime"]
     assert 0.0 <= int8["map50"] <= 1.0 and int8["images"] == IMAGES
     assert "INT8" not in eval_json(exported.fp32, exported.data, capsys)["runtime"]
+
+
+def test_bench_int8_row_scores_as_eval_of_the_int8_export(exported, tmp_path, capsys):
+    """`bench --int8 NAME` adds a row for the model's INT8 export; its mAP is what `eval` gives the
+    INT8 file `export --int8` wrote (same model, calibration images and evaluator), its float32 row
+    what `eval` gives the checkpoint, and it has no PyTorch latency."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", f"m={exported.pt}", "--int8", "m", "--data", str(exported.data), "--split", "valid",
+            "--calib-images", str(IMAGES), "--img-size", str(SIZE), "--batch", "4", "--runs", "2", "--warmup", "1", "--threads", "1",
+            "--json", str(out)]
+    capsys.readouterr()
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    rows = json.loads(out.read_text())["models"]
+    assert set(rows) == {"m", "m int8"}
+    fp32, int8 = rows["m"], rows["m int8"]
+    assert int8["int8_of"] == "m" and fp32["int8_of"] is None
+    assert int8["latency_ms_torch"] is None and int8["latency_ms_ort"] > 0
+    assert int8["params"] == fp32["params"] and int8["size_mb"] < 0.6 * fp32["size_mb"]
+    assert int8["map50"] == pytest.approx(eval_json(exported.int8, exported.data, capsys)["map50"], abs=1e-9)
+    assert fp32["map50"] == pytest.approx(eval_json(exported.pt, exported.data, capsys)["map50"], abs=1e-9)
+    assert "| m int8 |" in table
+
+
+@pytest.mark.parametrize(
+    "with_data, int8, message",
+    [(True, "other", "--int8: no model named other"), (False, "m", "--int8: must be given with --data")],
+    ids=["unknown-model", "no-data"],
+)
+def test_bench_int8_bad_settings_are_one_error(exported, capsys, with_data, int8, message):
+    data = ["--data", str(exported.data)] if with_data else []
+    args = ["bench", "--model", f"m={exported.pt}", "--img-size", str(SIZE), "--runs", "1", *data, "--int8", int8]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -121,7 +121,7 @@ def test_cli_stops_with_one_line_naming_the_closest_map_and_writes_nothing(tmp_p
     checkpoint = tmp_path / "sparse.pt"
     save_checkpoint(checkpoint, model)
     scripted = ScriptedMap(model)
-    monkeypatch.setattr("yoloprune.prune.run.make_map50_evaluator", lambda *args, **kwargs: scripted)
+    monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", lambda *args, **kwargs: scripted)
     out = tmp_path / "out"
     capsys.readouterr()
     args = ["prune", "--weights", str(checkpoint), "--out", str(out), "--data", str(data), "--calibrate", "0"]
@@ -156,3 +156,128 @@ def test_the_search_recalibrates_only_where_that_does_not_lower_the_unpruned_sco
     assert all(flag == helps for flag in seen[2:]) and len(seen) > 2
     assert result.recalibrated == helps
     assert result.map50_recalibrated == pytest.approx(1.0 + calibration_effect)
+
+
+class ScriptedMaps(ScriptedMap):
+    """mAP@0.5 as in ScriptedMap, and an mAP@0.5:0.95 that residual blocks and parameters cost at
+    their own rates: `(mAP@0.5, mAP@0.5:0.95)` per call, both read off the evaluated model alone."""
+
+    def __init__(self, unpruned: Darknet, block_cost: float, param_cost: float):
+        super().__init__(unpruned)
+        self.block_cost, self.param_cost = block_cost, param_cost
+        self.maps: list[float] = []
+
+    def __call__(self, model: Darknet) -> tuple[float, float]:
+        map50 = super().__call__(model)
+        blocks = self.calls[-1].blocks
+        map_ = 0.5 - self.block_cost * blocks - self.param_cost * (1 - count_parameters(model) / self.params)
+        self.maps.append(map_)
+        return map50, map_
+
+
+def test_a_trial_is_accepted_only_when_both_metrics_stay_within_their_tolerances():
+    model = sparse_nano()
+    # mAP@0.5:0.95 loses 3x what mAP@0.5 loses per parameter removed: its tolerance binds first
+    loose = search_max_pruning(model, ScriptedMaps(model, 0.0, 3.0), 0.3, apply=prune_model, steps=5)
+    scripted = ScriptedMaps(model, 0.0, 3.0)
+    both = search_max_pruning(model, scripted, 0.3, apply=prune_model, steps=5, max_map5095_drop=0.3)
+    assert (both.map50_before, both.map_before) == (1.0, 0.5)
+    for trial, map50, map_ in zip(both.trials, [c.map50 for c in scripted.calls[1:]], scripted.maps[1:]):
+        assert (trial.map50, trial.map) == (map50, map_)
+        assert trial.accepted == (map50 >= 1.0 - 0.3 and map_ >= 0.5 - 0.3)
+    check = ScriptedMaps(model, 0.0, 3.0)
+    assert check(prune_model(model, both.plan)) == (both.map50_after, both.map_after)
+    assert both.map_after >= 0.5 - 0.3 and both.map50_after >= 1.0 - 0.3
+    # mAP@0.5 alone accepts trials that mAP@0.5:0.95 rejects, so it prunes further
+    assert loose.map_after < 0.5 - 0.3 < both.map_after
+    assert loose.plan.macs_after < both.plan.macs_after
+    assert loose.map_before == 0.5 and all(t.map is not None for t in loose.trials)  # measured even without its tolerance
+    values = both.to_dict()
+    assert (values["map_before"], values["map_after"]) == (0.5, both.map_after)
+    assert all(t["map"] == trial.map for t, trial in zip(values["trials"], both.trials))
+    assert both.plan.settings["max_map5095_drop"] == 0.3
+
+
+def test_residual_blocks_may_use_half_of_each_tolerance():
+    model = sparse_nano()
+    # blocks cost mAP@0.5:0.95 only (0.1 each): half of its 0.25 tolerance allows one block, half of
+    # the generous mAP@0.5 tolerance would allow every block
+    scripted = ScriptedMaps(model, 0.1, 0.0)
+    result = search_max_pruning(model, scripted, 0.9, apply=prune_model, steps=3, search_blocks=True, max_map5095_drop=0.25)
+    assert len(result.plan.removed_blocks) == 1
+    block_trials = [t for t in result.trials if t.ratio == 0]
+    assert all(t.map >= 0.5 - BLOCK_SHARE * 0.25 for t in block_trials if t.accepted)
+    # two blocks: mAP@0.5 (0.8) is well within half its tolerance, mAP@0.5:0.95 (0.3) is not
+    assert any(t.blocks == 2 and t.map50 >= 1 - BLOCK_SHARE * 0.9 and not t.accepted for t in block_trials)
+
+
+def test_the_error_names_the_metric_that_failed():
+    model = sparse_nano()
+    # two blocks cost mAP@0.5:0.95 0.2 against a tolerance of 0.15; mAP@0.5 stays within its own
+    evaluate = lambda m: (1.0, ScriptedMaps(model, 0.1, 0.0)(m)[1])  # noqa: E731
+    with pytest.raises(YoloPruneError) as caught:
+        search_max_pruning(model, evaluate, 0.05, apply=prune_model, removed_blocks=plan_layer_prune(model, 2), steps=2, max_map5095_drop=0.15)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("mAP@0.5:0.95 cannot stay within 0.15 ")
+    assert "0.5000" in message and "0.3500" in message and "0.3000" in message  # baseline, floor, the trial's score
+    assert "`max_map5095_drop`" in message and "`max_map_drop`" not in message
+
+
+def test_the_second_tolerance_needs_an_evaluator_that_measures_it():
+    model = sparse_nano()
+    with pytest.raises(ValueError, match="max_map5095_drop"):
+        search_max_pruning(model, ScriptedMap(model), 0.1, apply=prune_model, max_map5095_drop=0.1)
+
+
+def test_prune_settings_take_the_second_tolerance_only_with_the_first():
+    from yoloprune.errors import SettingsError
+    from yoloprune.prune.settings import PruneSettings
+
+    assert PruneSettings(max_map_drop=0.01, max_map5095_drop=0.02, data="d.data").max_map5095_drop == 0.02
+    with pytest.raises(SettingsError) as caught:
+        PruneSettings(ratio=0.5, max_map5095_drop=0.01)
+    assert caught.value.setting == "max_map5095_drop" and "`max_map_drop`" in str(caught.value)
+    with pytest.raises(SettingsError) as caught:
+        PruneSettings(max_map_drop=0.01, max_map5095_drop=-0.01, data="d.data")
+    assert caught.value.setting == "max_map5095_drop"
+
+
+def test_cli_reports_both_metrics(tmp_path, capsys, monkeypatch):
+    assert main(["data", "synth", str(tmp_path / "data"), "--train", "4", "--val", "4", "--img-size", "64"]) == 0
+    data = next((tmp_path / "data").glob("*.data"))
+    model = sparse_nano()
+    checkpoint = tmp_path / "sparse.pt"
+    save_checkpoint(checkpoint, model)
+    scripted = ScriptedMaps(model, 0.0, 3.0)
+    monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", lambda *args, **kwargs: scripted)
+    out = tmp_path / "out"
+    args = ["prune", "--weights", str(checkpoint), "--out", str(out), "--data", str(data), "--calibrate", "0", "--auto-steps", "3"]
+    capsys.readouterr()
+    assert main([*args, "--max-map-drop", "0.3", "--max-map5095-drop", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    auto = __import__("json").loads((out / "report.json").read_text())["auto"]
+    assert auto["map_before"] == 0.5 and auto["map_after"] >= 0.2 and auto["map50_after"] >= 0.7
+    assert f"mAP@0.5:0.95: 0.5000 -> {auto['map_after']:.4f}" in printed
+    # the flag alone is refused, naming both flags
+    code = main([*args[:-2], "--max-map5095-drop", "0.3", "--ratio", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-map5095-drop" in err and "--max-map-drop" in err
+
+
+def test_the_validator_gives_both_metrics_from_one_pass(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from yoloprune.eval.settings import EvalSettings
+    from yoloprune.eval.validator import Validator
+
+    assert main(["data", "synth", str(tmp_path / "data"), "--train", "2", "--val", "2", "--img-size", "64"]) == 0
+    passes = []
+
+    def evaluate_model(model, batches, **kwargs):
+        passes.append(model)
+        return SimpleNamespace(map50=0.4, map=0.25)
+
+    monkeypatch.setattr("yoloprune.eval.validator.evaluate_model", evaluate_model)
+    validator = Validator(EvalSettings(data=str(next((tmp_path / "data").glob("*.data"))), split="valid", img_size=64), progress=False)
+    model = sparse_nano()
+    assert validator.maps(model) == (0.4, 0.25) and passes == [model]

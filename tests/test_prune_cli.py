@@ -12,7 +12,7 @@ from yoloprune.darknet.cfg import load_cfg
 from yoloprune.darknet.graph import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
-from yoloprune.prune.run import make_map50_evaluator
+from yoloprune.prune.run import make_map_evaluator
 from yoloprune.prune.plan import PrunePlan
 from yoloprune.prune.report import PruneReport
 
@@ -128,10 +128,15 @@ def test_auto_prune_with_calibration_on_a_synthetic_dataset(tmp_path, monkeypatc
     unpruned_params = count_parameters(model)
 
     def evaluator_with_a_scripted_term(*args, **kwargs):
-        measured = make_map50_evaluator(*args, **kwargs)
-        return lambda m: measured(m) + count_parameters(m) / unpruned_params
+        measured = make_map_evaluator(*args, **kwargs)
 
-    monkeypatch.setattr("yoloprune.prune.run.make_map50_evaluator", evaluator_with_a_scripted_term)
+        def evaluate(m):
+            term = count_parameters(m) / unpruned_params
+            return tuple(score + term for score in measured(m))  # (mAP@0.5, mAP@0.5:0.95)
+
+        return evaluate
+
+    monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", evaluator_with_a_scripted_term)
     out = tmp_path / "out"
     args = ["prune", "--weights", str(checkpoint), "--out", str(out), "--data", str(data), "--img-size", "64", "--batch", "4"]
     assert main([*args, "--max-map-drop", "0.65", "--calibrate", "4", "--auto-steps", "2"]) == 0

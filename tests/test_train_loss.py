@@ -150,3 +150,54 @@ def test_a_new_coords_head_trains():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("scale_x_y", [1.0, 1.05, 1.5, 2.0])
+def test_neighbour_cells_are_exactly_the_cells_whose_centre_range_holds_the_box_centre(scale_x_y):
+    """Oracle: a cell (its own or one of the four edge neighbours) is a positive exactly when the box
+    centre, measured from that cell's corner, lies inside the range a centre decoded with this
+    scale_x_y can take, [-(s-1)/2, (s+1)/2]; checked cell by cell, with no reference to how the loss
+    picks them."""
+    from yoloprune.darknet.model import BoxCoding
+    from yoloprune.train.loss import _with_neighbour_cells
+
+    generator = torch.Generator().manual_seed(1)
+    grid_w, grid_h = 5, 4
+    gxy = torch.rand(200, 2, generator=generator) * torch.tensor([grid_w, grid_h])
+    cell_x, cell_y = gxy[:, 0].long(), gxy[:, 1].long()
+    target_idx, anchor_idx = torch.arange(200), torch.zeros(200, dtype=torch.long)
+    got_t, got_a, got_x, got_y = _with_neighbour_cells(target_idx, anchor_idx, gxy, cell_x, cell_y, BoxCoding(scale_x_y), grid_w, grid_h)
+    low, high = -(scale_x_y - 1) / 2, (scale_x_y + 1) / 2
+    expected = set()
+    for t in range(200):
+        for dx, dy in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+            x, y = int(cell_x[t]) + dx, int(cell_y[t]) + dy
+            offset_x, offset_y = float(gxy[t, 0]) - x, float(gxy[t, 1]) - y
+            if 0 <= x < grid_w and 0 <= y < grid_h and low < offset_x < high and low < offset_y < high:
+                expected.add((t, x, y))
+    got = {(int(t), int(x), int(y)) for t, x, y in zip(got_t, got_x, got_y)}
+    assert got == expected
+    assert len(got) == len(got_t)  # no cell twice
+    assert (got_a == 0).all()
+    if scale_x_y == 2.0:
+        assert len(got) > 2.5 * 200  # about three cells per box away from the borders
+
+
+def test_neighbour_cells_train_the_box_of_every_reachable_cell():
+    """Through the whole loss: the cells whose box outputs receive a gradient are the positives. With
+    scale_x_y = 2 and a centre in the lower-left quarter of its cell, they are its own cell, the one
+    on its left and the one below, on each matched anchor; without neighbour cells only its own."""
+    from yoloprune.darknet.model import BoxCoding
+
+    anchors = [torch.tensor([[16.0, 16.0]])]  # one head, one anchor: every box matches it
+    target = torch.tensor([[0, 0, (2 + 0.3) / 8, (5 + 0.8) / 8, 0.2, 0.2]])  # cell (2, 5) of an 8x8 grid
+    positives = {}
+    for neighbours in (False, True):
+        loss_fn = YoloLoss(anchors, num_classes=1, codings=[BoxCoding(2.0)], neighbour_cells=neighbours, ignore_thresh=1.0)
+        raw = torch.randn(1, 1, 8, 8, 6, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        loss, _ = loss_fn([raw], target, (64, 64))
+        loss.backward()
+        box_grad = raw.grad[0, 0, :, :, :4].abs().sum(-1)  # (H, W)
+        positives[neighbours] = {(int(x), int(y)) for y, x in box_grad.nonzero().tolist()}
+    assert positives[False] == {(2, 5)}
+    assert positives[True] == {(2, 5), (1, 5), (2, 6)}

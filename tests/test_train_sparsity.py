@@ -81,3 +81,136 @@ def test_gamma_summary_quantiles_and_small_fraction():
     assert quantiles[0] == pytest.approx(float(values.min())) and quantiles[-1] == pytest.approx(float(values.max()))
     assert stats["gamma_frac_small"] == pytest.approx(float((values < SMALL_GAMMA).float().mean()))
     assert stats["gamma_first"] == pytest.approx(model.layers[chosen[0]].bn.weight.tolist())
+
+
+# ---------------------------------------------------------------------------------------------- MACs weighting
+
+
+def macs_by_hand(out_side: int, filters: int, in_channels: int, size: int) -> int:
+    """A conv's multiply-adds from its cfg fields: every output pixel of every filter sums in_channels x size² products."""
+    return out_side * out_side * filters * in_channels * size * size
+
+
+# size 64: conv0 (3x3, 64²) → conv1 (3x3 s2, 32²) → conv2 (1x1) → conv3 (3x3) → shortcut conv1 + conv3 →
+# maxpool (16²) → conv6 (1x1) → route conv6, maxpool → conv8 (1x1) → head (1x1, 6 filters) → yolo
+COSTED_CFG = (
+    "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n"
+    "[convolutional]\nbatch_normalize=1\nfilters=16\nsize=3\nstride=2\npad=1\nactivation=leaky\n\n"
+    "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nstride=1\npad=1\nactivation=leaky\n\n"
+    "[convolutional]\nbatch_normalize=1\nfilters=16\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n"
+    "[shortcut]\nfrom=-3\nactivation=linear\n\n"
+    "[maxpool]\nsize=2\nstride=2\n\n"
+    "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nstride=1\npad=1\nactivation=leaky\n\n"
+    "[route]\nlayers=-1,-2\n\n"
+    "[convolutional]\nbatch_normalize=1\nfilters=24\nsize=1\nstride=1\npad=1\nactivation=leaky\n"
+)
+
+
+def costed_cfg_text() -> str:
+    from helpers import YOLO_HEAD
+
+    return "[net]\nwidth=64\nheight=64\nchannels=3\n\n" + COSTED_CFG + "\n" + YOLO_HEAD
+
+
+def costed_cfg():
+    from yoloprune.darknet.cfg import parse_cfg
+
+    return parse_cfg(costed_cfg_text())
+
+
+def hand_channel_costs() -> dict[int, float]:
+    """What removing one output channel of each BN conv of COSTED_CFG saves, counted by hand: its
+    filter (the conv's MACs / filters) plus, per conv reading the channel, that conv's MACs per input
+    channel. conv1 and conv3 are summed by the shortcut and share their channels: the three convs
+    reading that set (conv2 directly, conv6 through the maxpool, conv8 through the maxpool and the
+    route) are split evenly between them."""
+    per_filter = {
+        0: macs_by_hand(64, 1, 3, 3),
+        1: macs_by_hand(32, 1, 8, 3),
+        2: macs_by_hand(32, 1, 16, 1),
+        3: macs_by_hand(32, 1, 8, 3),
+        6: macs_by_hand(16, 1, 16, 1),
+        8: macs_by_hand(16, 1, 24, 1),
+    }
+    per_input_channel = {  # the MACs one input channel costs the reading conv
+        1: macs_by_hand(32, 16, 1, 3),
+        2: macs_by_hand(32, 8, 1, 1),
+        3: macs_by_hand(32, 16, 1, 3),
+        6: macs_by_hand(16, 8, 1, 1),
+        8: macs_by_hand(16, 24, 1, 1),
+        9: macs_by_hand(16, 6, 1, 1),  # the head
+    }
+    shared = (per_input_channel[2] + per_input_channel[6] + per_input_channel[8]) / 2
+    return {
+        0: per_filter[0] + per_input_channel[1],
+        1: per_filter[1] + shared,
+        2: per_filter[2] + per_input_channel[3],
+        3: per_filter[3] + shared,
+        6: per_filter[6] + per_input_channel[8],
+        8: per_filter[8] + per_input_channel[9],
+    }
+
+
+def test_macs_weights_are_proportional_to_the_hand_counted_channel_cost():
+    from yoloprune.train.sparsity import macs_sparsity_weights
+
+    cfg = costed_cfg()
+    costs = hand_channel_costs()
+    layers = resolve_sparsity_layers(cfg, "all")
+    assert layers == sorted(costs)
+    weights = macs_sparsity_weights(cfg, layers, 64)
+    for i in layers:
+        for j in layers:
+            assert weights[i] / weights[j] == pytest.approx(costs[i] / costs[j], rel=1e-12)
+    # conv2's channel (16384 + 147456 MACs) costs twice conv1's (73728 + (8192 + 2048 + 6144) / 2): twice the weight
+    assert costs[2] == 2 * costs[1] and weights[2] == pytest.approx(2 * weights[1], rel=1e-12)
+
+
+@pytest.mark.parametrize("layer_set", ["all", "safe"])
+def test_macs_weights_average_one_over_the_penalised_channels(layer_set):
+    from yoloprune.train.sparsity import macs_sparsity_weights
+
+    for cfg in (costed_cfg(), load_cfg(NANO_CFG)):
+        layers = resolve_sparsity_layers(cfg, layer_set)
+        weights = macs_sparsity_weights(cfg, layers, 64)
+        assert set(weights) == set(layers)
+        per_channel = [weights[idx] for idx in layers for _ in range(cfg.layers[idx].filters)]
+        assert sum(per_channel) / len(per_channel) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_a_weighted_step_moves_the_expensive_layers_gamma_more():
+    from yoloprune.train.sparsity import macs_sparsity_weights
+
+    model = Darknet.from_text(costed_cfg_text())
+    layers = resolve_sparsity_layers(model.cfg, "all")
+    weights = macs_sparsity_weights(model.cfg, layers, 64)
+    gammas = [model.layers[idx].bn.weight for idx in layers]
+    before = {idx: model.layers[idx].bn.weight.detach().clone() for idx in layers}  # all 1 (fresh BN)
+    optimizer = torch.optim.SGD(gammas, lr=0.1)
+    optimizer.zero_grad(set_to_none=False)  # a zero task gradient: only the penalty moves γ
+    s = 0.01
+    apply_bn_sparsity(model, s, layers, weights)
+    costs = hand_channel_costs()
+    for idx in layers:
+        assert torch.allclose(model.layers[idx].bn.weight.grad, torch.full_like(before[idx], s * weights[idx]))
+    optimizer.step()
+    moved = {idx: float((before[idx] - model.layers[idx].bn.weight.detach()).mean()) for idx in layers}
+    assert moved[0] > moved[2] > moved[1] > moved[8]  # the hand-counted costs' order
+    assert costs[0] > costs[2] > costs[1] > costs[8]
+    assert moved[2] == pytest.approx(2 * moved[1], rel=1e-3)  # float32 γ near 1
+
+
+def test_sparsity_weighting_is_a_checked_setting_that_a_resume_may_not_change(tmp_path):
+    from yoloprune.errors import SettingsError, YoloPruneError
+    from yoloprune.train.checkpoint import check_resumed_settings
+    from yoloprune.train.settings import TrainSettings
+
+    with pytest.raises(SettingsError) as caught:
+        TrainSettings(sparsity=0.01, sparsity_weighting="flops")
+    assert caught.value.setting == "sparsity_weighting"
+    saved = TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, sparsity_weighting="macs")
+    assert saved.to_dict()["sparsity_weighting"] == "macs"  # what the checkpoint's meta records
+    state = {"meta": {"train_config": saved.to_dict()}}
+    with pytest.raises(YoloPruneError, match="sparsity_weighting"):
+        check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01), tmp_path / "last.pt")
+    check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, sparsity_weighting="macs"), tmp_path / "last.pt")

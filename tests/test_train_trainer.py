@@ -72,12 +72,14 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_p
         assert torch.allclose(resumed_state[name].float(), tensor.float(), atol=1e-5), name
 
 
-def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tmp_path):
+@pytest.mark.parametrize("weighting", ["none", "macs"])
+def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tmp_path, weighting):
     """One plain-SGD step from the same state with and without the penalty: every penalised γ ends
-    lr·s·sign(γ) lower, every other parameter identical, though gradient clipping is active."""
+    lr·s·w·sign(γ) lower (w = 1, or its layer's MACs weight), every other parameter identical, though
+    gradient clipping is active."""
     from yoloprune.darknet.model import Darknet
     from yoloprune.darknet.weights import save_checkpoint
-    from yoloprune.train.sparsity import resolve_sparsity_layers
+    from yoloprune.train.sparsity import macs_sparsity_weights, resolve_sparsity_layers
 
     model = Darknet(str(NANO_CFG))
     with torch.no_grad():
@@ -92,19 +94,21 @@ def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tm
         # grad_clip 0.1: far below the gradient norm of a summed detection loss, so clipping is active
         settings = _settings(
             tiny_data, out, weights=start, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=lr, warmup_epochs=0.0,
-            sparsity=sparsity, sparsity_layers="safe", grad_clip=0.1, max_steps=1, eval_every=0,
+            sparsity=sparsity, sparsity_layers="safe", grad_clip=0.1, max_steps=1, eval_every=0, sparsity_weighting=weighting,
         )
         trainer = Trainer(settings)
         assert trainer.run().stopped_early
         return {name: p.detach().clone() for name, p in trainer.bare_model.named_parameters()}
 
     plain, penalised = one_step(0.0, tmp_path / "plain"), one_step(s, tmp_path / "penalised")
-    chosen = set(resolve_sparsity_layers(model.cfg, "safe"))
+    chosen = resolve_sparsity_layers(model.cfg, "safe")
+    weights = macs_sparsity_weights(model.cfg, chosen, 64) if weighting == "macs" else dict.fromkeys(chosen, 1.0)
+    assert weighting == "none" or max(weights.values()) > 2 * min(weights.values())  # the weighting matters here
     initial = dict(model.named_parameters())
     for name, value in penalised.items():
         layer_idx = int(name.split(".")[1])
         if name.endswith("bn.weight") and layer_idx in chosen:
-            expected = plain[name] - lr * s * torch.sign(initial[name].detach())
+            expected = plain[name] - lr * s * weights[layer_idx] * torch.sign(initial[name].detach())
             assert torch.allclose(value, expected, rtol=0, atol=1e-6), name
         else:
             assert torch.equal(value, plain[name]), name

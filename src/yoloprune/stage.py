@@ -37,18 +37,27 @@ def _plain(value: object) -> object:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def settings_changes(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
-    """`key old -> new` for every setting that differs (compared as plain data), sorted by key."""
-    old, new = _plain(dict(old)), _plain(dict(new))
-    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+def settings_changes(old: Mapping[str, object], new: Mapping[str, object], defaults: Mapping[str, object] = ()) -> list[str]:
+    """`key old -> new` for every setting that differs (compared as plain data), sorted by key. A
+    setting the old record does not hold (one added since it was written) is no change while it has
+    its value in `defaults`: a new setting's default keeps the behaviour the stage ran with."""
+    old, new, defaults = _plain(dict(old)), _plain(dict(new)), _plain(dict(defaults))
+    return [
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not (key not in old and key in defaults and new.get(key) == defaults[key])
+    ]
 
 
 class Stage:
     """One stage's folder and the fingerprint (settings + input file digests) of the run that fills it."""
 
-    def __init__(self, name: str, folder: str | Path, settings: Mapping[str, object], inputs: Mapping[str, str | Path] = ()):
+    def __init__(
+        self, name: str, folder: str | Path, settings: Mapping[str, object], inputs: Mapping[str, str | Path] = (),
+        defaults: Mapping[str, object] = (),
+    ):
         self.name = name
         self.folder = Path(folder)
+        self.defaults = dict(defaults)  # the settings' default values (see `settings_changes`)
         self.fingerprint = {
             "settings": _plain(dict(settings)),
             "inputs": {key: {"path": str(path), "sha256": file_digest(path)} for key, path in dict(inputs).items()},
@@ -66,7 +75,7 @@ class Stage:
             recorded = json.loads(self.record_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return [f"no readable {RECORD_NAME}"]
-        reasons = settings_changes(recorded.get("settings", {}), self.fingerprint["settings"])
+        reasons = settings_changes(recorded.get("settings", {}), self.fingerprint["settings"], self.defaults)
         old_inputs, new_inputs = recorded.get("inputs", {}), self.fingerprint["inputs"]
         for key in sorted(set(old_inputs) | set(new_inputs)):
             if (old_inputs.get(key) or {}).get("sha256") != (new_inputs.get(key) or {}).get("sha256"):

@@ -2,6 +2,11 @@
 
 Latencies are measured interleaved (A B A B ...) with the same thread count for both runtimes,
 so the ratios to the first model hold on a noisy machine even when absolute times wander.
+
+With `int8`, a model also gets an INT8 row: its ONNX export quantized as `export --int8` does
+(`export.quantize`, calibrated on `calib_images` training images of `data`), timed in ONNX Runtime
+in the same interleaved loop as the float32 models and scored through the same evaluator. It has
+no PyTorch latency. Where it is slower than its float32 export on this CPU, the table says so.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class ModelBench:
     size_mb: float
     gmacs: float
     bflops: float
-    latency_ms_torch: float
+    latency_ms_torch: float | None  # None: a model PyTorch does not run (an INT8 ONNX row)
     latency_ms_ort: float
     map50: float | None = None
     map: float | None = None
@@ -61,6 +66,7 @@ class ModelBench:
     map50_delta_ci: tuple[float, float] | None = None
     map_delta_ci: tuple[float, float] | None = None
     ratios: dict[str, float] = field(default_factory=dict)
+    int8_of: str | None = None  # an INT8 row: the name of the float32 model it quantizes
     # The per-image matches behind the mAP, for paired intervals between any two models; not saved.
     matches: object = field(default=None, repr=False, compare=False)
 
@@ -101,17 +107,23 @@ def benchmark_models(specs: list[ModelSpec] | list[tuple[str, Darknet]], setting
     ]
     if settings.img_size is None:  # the size the models were built for, not a size they never saw
         settings = replace(settings, img_size=models[0][1].cfg.net.width)
+    unknown = sorted(set(settings.int8) - {name for name, _ in models} - {"all"})
+    if unknown:
+        raise SettingsError("int8", f"no model named {', '.join(unknown)}; the models are {', '.join(name for name, _ in models)}")
     previous_threads = torch.get_num_threads()
     threads = settings.threads or previous_threads
     torch.set_num_threads(threads)
     try:
-        results = _time_models(models, settings, threads)
-        split = images = None
-        if settings.data is not None:
-            split, images = _add_map(results, models, settings, progress)
+        with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
+            results, scored = _time_models(models, settings, threads, Path(tmp))
+            split = images = None
+            if settings.data is not None:
+                split, images = _add_map(results, scored, settings, progress)
         base = results[0]
         for bench in results:
-            bench.ratios = {key: getattr(bench, key) / getattr(base, key) for key in RATIO_KEYS if getattr(base, key)}
+            bench.ratios = {
+                key: getattr(bench, key) / getattr(base, key) for key in RATIO_KEYS if getattr(base, key) and getattr(bench, key) is not None
+            }
             if bench.map50 is not None and base.map50 is not None:
                 bench.ratios["map50_delta"] = bench.map50 - base.map50
         return BenchResult(settings.img_size, threads, settings.runs, "cpu", results, split, images)
@@ -119,34 +131,84 @@ def benchmark_models(specs: list[ModelSpec] | list[tuple[str, Darknet]], setting
         torch.set_num_threads(previous_threads)
 
 
-def _time_models(models: list[tuple[str, Darknet]], settings: BenchSettings, threads: int) -> list[ModelBench]:
-    """Size, MACs and the latency in PyTorch and in ONNX Runtime of each model, timed interleaved."""
+def _time_models(
+    models: list[tuple[str, Darknet]], settings: BenchSettings, threads: int, tmp: Path
+) -> tuple[list[ModelBench], list]:
+    """Size, MACs and the latency in PyTorch and in ONNX Runtime of each model (and of the INT8
+    exports `settings.int8` asks for, written into `tmp`), timed interleaved. Returns the rows and,
+    row for row, the model each is scored with (a `Darknet`, or an INT8 ONNX Runtime model)."""
+    from yoloprune.eval.runtimes import OnnxRuntimeModel
     from yoloprune.export.onnx import create_ort_session, export_onnx
 
     img_size = settings.img_size
     x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    results = []
+    results, scored = [], []
     torch_runners, ort_runners = {}, {}
-    with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
-        for name, model in models:
-            model.eval()
-            profile = profile_model(model, img_size)
-            results.append(ModelBench(name, profile.params, profile.size_mb, profile.gmacs, profile.bflops, 0.0, 0.0))
-            onnx_path = Path(tmp) / f"model{len(torch_runners)}.onnx"
-            export_onnx(model, onnx_path, img_size)
-            torch_runners[name] = torch_runner(model, x)
-            ort_runners[name] = _ort_runner(create_ort_session(onnx_path, threads), x.numpy())
-        log.info("timing %d model(s): %d runs each after %d warm-up, %d thread(s), interleaved", len(models), settings.runs, settings.warmup, threads)
-        torch_times = time_interleaved(torch_runners, settings.runs, settings.warmup)
-        ort_times = time_interleaved(ort_runners, settings.runs, settings.warmup)
+    for index, (name, model) in enumerate(models):
+        model.eval()
+        profile = profile_model(model, img_size)
+        results.append(ModelBench(name, profile.params, profile.size_mb, profile.gmacs, profile.bflops, 0.0, 0.0))
+        scored.append(model)
+        onnx_path = tmp / f"model{index}.onnx"
+        export_onnx(model, onnx_path, img_size)
+        torch_runners[name] = torch_runner(model, x)
+        ort_runners[name] = _ort_runner(create_ort_session(onnx_path, threads), x.numpy())
+        if name in settings.int8 or "all" in settings.int8:
+            int8_path = _quantize(onnx_path, settings)
+            int8_name = f"{name} int8"
+            size_mb = int8_path.stat().st_size / 2**20
+            results.append(ModelBench(int8_name, profile.params, size_mb, profile.gmacs, profile.bflops, None, 0.0, int8_of=name))
+            scored.append(OnnxRuntimeModel(int8_path))
+            ort_runners[int8_name] = _ort_runner(create_ort_session(int8_path, threads), x.numpy())
+    log.info("timing %d model(s): %d runs each after %d warm-up, %d thread(s), interleaved", len(results), settings.runs, settings.warmup, threads)
+    torch_times = time_interleaved(torch_runners, settings.runs, settings.warmup)
+    ort_times = time_interleaved(ort_runners, settings.runs, settings.warmup)
     for bench in results:
-        bench.latency_ms_torch = Latency.from_times(torch_times[bench.name], threads, 1).median_ms
+        if bench.int8_of is None:
+            bench.latency_ms_torch = Latency.from_times(torch_times[bench.name], threads, 1).median_ms
         bench.latency_ms_ort = Latency.from_times(ort_times[bench.name], threads, 1).median_ms
-    return results
+    return results, scored
+
+
+def _quantize(onnx_path: Path, settings: BenchSettings) -> Path:
+    """The INT8 quantization of a float32 export, as `export --int8` writes it."""
+    from yoloprune.export.quantize import CalibrationImages, quantize_onnx
+
+    int8_path = onnx_path.with_suffix(".int8.onnx")
+    quantize_onnx(onnx_path, int8_path, CalibrationImages(settings.data, settings.img_size, settings.calib_images))
+    return int8_path
+
+
+def time_in_runtime(
+    models: dict[str, Darknet], runtime: str, img_size: int, threads: int, runs: int = 20, warmup: int = 5, repeats: int = 1,
+) -> list[dict[str, list[float]]]:
+    """Wall times (ms) of each model in one runtime, batch 1, timed interleaved as `bench` times them:
+    "ort" runs its ONNX export in ONNX Runtime (sessions as `bench` opens them), "torch" the model.
+    One dict of times per repeat (`repeats` series of `runs` runs, each after `warmup`)."""
+    from yoloprune.export.onnx import create_ort_session, export_onnx
+
+    x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="yoloprune-latency-") as tmp:
+            runners = {}
+            for i, (name, model) in enumerate(models.items()):
+                model.eval()
+                if runtime == "torch":
+                    runners[name] = torch_runner(model, x)
+                else:
+                    path = Path(tmp) / f"model{i}.onnx"
+                    export_onnx(model, path, img_size, check=False)
+                    runners[name] = _ort_runner(create_ort_session(path, threads), x.numpy())
+            return [time_interleaved(runners, runs, warmup) for _ in range(repeats)]
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def _add_map(results: list[ModelBench], models, settings: BenchSettings, progress: bool) -> tuple[str, int]:
-    """mAP with its intervals for every model; returns the split and the number of images it read."""
+    """mAP with its intervals for every row, scored with `models` (row for row); returns the split
+    and the number of images it read."""
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
@@ -157,7 +219,7 @@ def _add_map(results: list[ModelBench], models, settings: BenchSettings, progres
     from yoloprune.eval.bootstrap import bootstrap_difference_intervals
 
     reference = None
-    for bench, (_, model) in zip(results, models):
+    for bench, model in zip(results, models):
         metrics = validator(model)
         bench.map50, bench.map, bench.map50_ci, bench.map_ci = metrics.map50, metrics.map, metrics.map50_ci, metrics.map_ci
         bench.matches = metrics.matches
@@ -189,16 +251,24 @@ def format_markdown(result: BenchResult) -> str:
             cell(m.size_mb, "size_mb", ".1f"),
             cell(m.gmacs, "gmacs", ".3f"),
             f"{m.bflops:.3f}",
-            cell(m.latency_ms_torch, "latency_ms_torch", ".1f"),
+            "-" if m.latency_ms_torch is None else cell(m.latency_ms_torch, "latency_ms_torch", ".1f"),
             cell(m.latency_ms_ort, "latency_ms_ort", ".1f"),
         ]
         if has_map:
             row += ["-" if m.map50 is None else format_with_interval(m.map50, m.map50_ci), "-" if m.map is None else format_with_interval(m.map, m.map_ci)]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    by_name = {m.name: m for m in result.models}
+    for m in result.models:
+        if m.int8_of is not None and m.latency_ms_ort >= by_name[m.int8_of].latency_ms_ort:
+            lines.append(
+                f"INT8 is not faster than float32 for {m.int8_of} on this CPU: {m.latency_ms_ort:.1f} ms against "
+                f"{by_name[m.int8_of].latency_ms_ort:.1f} ms in ONNX Runtime.\n"
+            )
     lines.append(
         f"Input {result.img_size}x{result.img_size}, batch 1, {result.device.upper()} with {result.threads} thread(s); latency = "
         f"median of {result.runs} runs after warm-up, models interleaved. MACs = multiply-adds (BFLOPs = 2 x GMACs)."
+        + (" An INT8 row is the model's ONNX export quantized as `export --int8` does; it runs in ONNX Runtime only." if any(m.int8_of for m in result.models) else "")
         + (f" mAP on the {result.split} split ({result.images} images); ± is half the width of its 95 % bootstrap interval over the images." if has_map else "")
     )
     return "\n".join(lines) + "\n"

@@ -32,6 +32,11 @@ class BenchSettings:
     threads: int | None = option(None, help="CPU threads for both runtimes", default_text="torch's")
     batch: int = option(8, help="batch size for the mAP evaluation")
     workers: int = option(0, help="data loader worker processes")
+    int8: list[str] = option(
+        help="also time and score this model's INT8 ONNX export (repeat; 'all': every model); needs --data",
+        metavar="NAME", repeat=True, default_factory=list,
+    )
+    calib_images: int = option(256, help="training images that calibrate the INT8 ranges")
     json_out: str | None = option(None, flag="--json", metavar="OUT", help="write the results as JSON")
     md_out: str | None = option(None, flag="--md", metavar="OUT", help="write the Markdown table")
 
@@ -41,6 +46,8 @@ class BenchSettings:
         _check_timing(self.runs, self.warmup, self.threads)
         require(is_whole(self.batch) and self.batch >= 1, "batch", "a whole number >= 1", self.batch)
         require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)
+        require(is_whole(self.calib_images) and self.calib_images >= 1, "calib_images", "a whole number >= 1", self.calib_images)
+        require(not self.int8 or self.data is not None, "int8", "given with --data (INT8 calibrates on its training images)", self.int8)
 
 
 @dataclass
@@ -61,3 +68,24 @@ class InfoSettings:
     def __post_init__(self) -> None:
         check_img_size(self.img_size)
         _check_timing(self.runs, 0, self.threads)
+
+
+@dataclass
+class LatencyTableSettings:
+    """A latency lookup table for a cfg (`bench.latency_table`)."""
+
+    cfg: str | None = option(None, help="darknet .cfg (optional when --weights is a .pt, which carries its cfg)")
+    weights: str | None = option(None, help="a .pt whose cfg to use instead of --cfg (weights play no part in the timing)")
+    out: str | None = option(None, help="write the table (JSON) here; it is also cached for `prune --target-latency`", metavar="T.json", required=True)
+    img_size: int | None = option(None, help="square input size in pixels, a multiple of 32", default_text="the cfg's width")
+    runtime: str = option("ort", choices=("ort", "torch"), help="ort: layers as ONNX models in ONNX Runtime; torch: PyTorch modules")
+    threads: int | None = option(None, help="CPU threads of the runtime", default_text="torch's")
+    grid_ratio: float = option(2.0, help="channel grid spacing: each point about this times the last (closer to 1: more points, slower)")
+    rebuild: bool = option(False, help="measure again even when the cache holds a table for this cfg, machine and runtime")
+    progress: bool = option(True, flag="--no-progress", help="no progress bar")
+
+    def __post_init__(self) -> None:
+        require(self.cfg is not None or self.weights is not None, "cfg", "given (or --weights with a .pt)", self.cfg)
+        check_img_size(self.img_size)
+        _check_timing(1, 0, self.threads)
+        require(isinstance(self.grid_ratio, (int, float)) and 1 < self.grid_ratio <= 16, "grid_ratio", "in (1, 16]", self.grid_ratio)

@@ -1,4 +1,5 @@
-"""`yoloprune data {oxford-hand,synth,check,show}`: make, validate and look at YOLO datasets."""
+"""`yoloprune data {oxford-hand,synth,check,show,anchors}`: make, validate and look at YOLO datasets,
+and fit a cfg's anchors to one."""
 
 from __future__ import annotations
 
@@ -51,8 +52,19 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchors(args: argparse.Namespace) -> int:
+    from yoloprune.data.anchors import run_anchor_fit
+    from yoloprune.data.settings import AnchorSettings
+
+    settings = from_arguments(AnchorSettings, args)
+    print(run_anchor_fit(settings).format())
+    if settings.out:
+        print(f"wrote {settings.out}")
+    return 0
+
+
 def register(subparsers) -> None:
-    from yoloprune.data.settings import ShowSettings, SynthSettings
+    from yoloprune.data.settings import AnchorSettings, ShowSettings, SynthSettings
 
     parser = subparsers.add_parser("data", help="make, check and view YOLO datasets")
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -97,4 +109,11 @@ def register(subparsers) -> None:
     add_command(
         commands, "show", ShowSettings, _show, help="draw a grid of samples with their boxes into a PNG",
         description="Draw the first samples of a split (or augmented draws with --augment) with their boxes into one PNG.",
+    )
+
+    add_command(
+        commands, "anchors", AnchorSettings, _anchors, help="fit anchors to a dataset's boxes and write them into a cfg",
+        description="Cluster the boxes of a split, letterboxed to the input size, into anchors (k-means with 1 - IoU "
+        "as the distance, as darknet's calc_anchors), print them with their mean best IoU (and the cfg's own "
+        "anchors' for comparison), and with --out write the cfg with every [yolo] layer's anchors replaced.",
     )

@@ -49,7 +49,16 @@ def run_prune(args: argparse.Namespace) -> int:
         f"MACs@{report.img_size} {report.macs_before / 1e9:.3f} G -> {report.macs_after / 1e9:.3f} G (x{report.macs_ratio:.3f})"
     )
     if outcome.auto is not None:
-        print(f"mAP@0.5: {outcome.auto.map50_before:.4f} -> {outcome.auto.map50_after:.4f} (no finetune)")
+        auto = outcome.auto
+        both = "" if auto.map_before is None else f", mAP@0.5:0.95: {auto.map_before:.4f} -> {auto.map_after:.4f}"
+        print(f"valid mAP@0.5: {auto.map50_before:.4f} -> {auto.map50_after:.4f}{both} (no finetune)")
+    if report.latency is not None:
+        lat = report.latency
+        print(
+            f"latency ({lat['runtime']}, {lat['threads']} threads): predicted x{lat['predicted_ratio']:.3f} "
+            f"({lat['predicted_ms_before']:.2f} -> {lat['predicted_ms_after']:.2f} ms), measured x{lat['measured_ratio']:.3f} "
+            f"({lat['measured_ms_before']:.2f} -> {lat['measured_ms_after']:.2f} ms, {lat['runs']} interleaved runs each)"
+        )
     if report.folding is not None:
         print(
             f"folding, valid mAP@0.5: removed channels' γ set to 0 {report.folding['map50_zeroed_gamma']:.4f}, "

@@ -59,3 +59,22 @@ class ShowSettings:
             require(is_whole(getattr(self, name)) and getattr(self, name) >= 1, name, "a whole number >= 1", getattr(self, name))
         check_img_size(self.img_size)
         require(0 <= self.mosaic <= 1, "mosaic", "a probability in [0, 1]", self.mosaic)
+
+
+@dataclass
+class AnchorSettings:
+    """Anchors fitted to a dataset's boxes (k-means, 1 - IoU), printed or written into a cfg."""
+
+    data: str = option(positional=True, help="the .data file")
+    cfg: str | None = option(None, help="darknet .cfg whose anchors are compared (and replaced with --out)")
+    out: str | None = option(None, help="write the cfg with the fitted anchors here (needs --cfg)")
+    img_size: int | None = option(None, help="input size the boxes are measured at, a multiple of 32", default_text="the cfg's width")
+    num: int | None = option(None, help="how many anchors", default_text="the cfg's count, else 9")
+    split: str = option("train", choices=("train", "valid", "test"), help="image list whose boxes are clustered")
+    seed: int = option(0, help="random seed of the k-means seeding")
+
+    def __post_init__(self) -> None:
+        check_img_size(self.img_size)
+        require(self.img_size is not None or self.cfg is not None, "img_size", "given when there is no --cfg", self.img_size)
+        require(self.out is None or self.cfg is not None, "out", "given with --cfg (the cfg to write the anchors into)", self.out)
+        require(self.num is None or (is_whole(self.num) and self.num >= 1), "num", "a whole number >= 1", self.num)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from yoloprune.bench.settings import BenchSettings
@@ -60,6 +60,17 @@ def _fingerprint(settings, exclude: tuple[str, ...] = ("out", "resume")) -> dict
     return {key: value for key, value in asdict(settings).items() if key not in exclude}
 
 
+def _defaults(settings) -> dict:
+    """The default value of every field of a settings dataclass that has one."""
+    values = {}
+    for item in fields(settings):
+        if item.default is not MISSING:
+            values[item.name] = item.default
+        elif item.default_factory is not MISSING:
+            values[item.name] = item.default_factory()
+    return values
+
+
 class DemoPipeline:
     """The stages of one demo run; each records the command line that reproduces it in `commands`."""
 
@@ -68,6 +79,7 @@ class DemoPipeline:
         self.commands: list[str] = []
         self.stage_seconds: dict[str, float] = {}
         self.data_record: Path | None = None
+        self.anchor_fit = None  # data.anchors.AnchorFit, when the profile fits the anchors
 
     @contextmanager
     def timed(self, name: str):
@@ -82,7 +94,7 @@ class DemoPipeline:
             out=str(self.out / "data"), train=p.train_images, val=p.val_images, test=p.test_images, img_size=p.img_size,
             max_hands=p.max_hands, min_hand_scale=p.min_hand_scale, max_distractors=p.max_distractors,
         )
-        stage = Stage("data", settings.out, _fingerprint(settings))
+        stage = Stage("data", settings.out, _fingerprint(settings), defaults=_defaults(settings))
         if stage.prepare():
             log.info("[1/%d] reusing the dataset in %s", STAGES, settings.out)
         else:
@@ -96,12 +108,22 @@ class DemoPipeline:
         self.commands.append(command_line("data synth", settings))
         return Path(settings.out) / "synth.data"
 
+    def fit_anchors(self, data: Path, cfg: Path) -> None:
+        """Replace the anchors of `cfg` by anchors fitted to the training boxes (seconds; always run,
+        and deterministic, so an unchanged dataset gives an unchanged cfg and the stages after reuse)."""
+        from yoloprune.data.anchors import run_anchor_fit
+        from yoloprune.data.settings import AnchorSettings
+
+        settings = AnchorSettings(data=str(data), cfg=str(cfg), out=str(cfg), img_size=self.profile.img_size)
+        self.anchor_fit = run_anchor_fit(settings, progress=False)
+        self.commands.append(command_line("data anchors", settings))
+
     def train(self, name: str, settings: TrainSettings, inputs: dict[str, Path]):
         """A training stage: resumed when its folder holds a run with the same settings and inputs,
         started afresh otherwise."""
         from yoloprune.train.trainer import train
 
-        stage = Stage(name, settings.out, _fingerprint(settings), {**inputs, "data": self.data_record})
+        stage = Stage(name, settings.out, _fingerprint(settings), {**inputs, "data": self.data_record}, _defaults(settings))
         resumable = stage.prepare() and (Path(settings.out) / "last.pt").exists()
         stage.record()
         self.commands.append(command_line("train", settings, exclude=("resume",)))
@@ -115,7 +137,7 @@ class DemoPipeline:
         from yoloprune.prune.run import run_pruning
 
         out = self.out / "prune"
-        stage = Stage("prune", out, asdict(settings), {"weights": weights, "data": self.data_record})
+        stage = Stage("prune", out, asdict(settings), {"weights": weights, "data": self.data_record}, _defaults(settings))
         if stage.prepare():
             log.info("[4/%d] reusing the pruned model in %s", STAGES, out)
         else:
@@ -180,6 +202,8 @@ def run_demo(
         data = run.data()
     cfg = out / "model.cfg"
     atomic_write_text(cfg, p.cfg_text(model))
+    if p.fit_anchors:
+        run.fit_anchors(data, cfg)
     common = dict(
         data=str(data), img_size=p.img_size, batch_size=p.batch, device=device, workers=workers, eval_every=p.eval_every,
         optimizer=p.optimizer, lr=p.lr,
@@ -197,10 +221,11 @@ def run_demo(
             sparsity_decay=p.sparsity_decay, gamma_lr_scale=p.gamma_lr_scale, **after_baseline,
         ), {"weights": teacher})
     with run.timed("prune"):
-        log.info("[4/%d] pruning (full mode, mAP@0.5 tolerance %g)", STAGES, p.max_map_drop)
+        log.info("[4/%d] pruning (full mode, mAP@0.5 tolerance %g%s)", STAGES, p.max_map_drop,
+                 "" if p.max_map5095_drop is None else f", mAP@0.5:0.95 tolerance {p.max_map5095_drop:g}")
         prune_report = run.prune(sparse.last, PruneSettings(
-            mode="full", max_map_drop=p.max_map_drop, round_to=p.round_to, data=str(data), img_size=p.img_size,
-            auto_steps=p.auto_steps, device=device, workers=workers, layers=p.layers,
+            mode="full", max_map_drop=p.max_map_drop, max_map5095_drop=p.max_map5095_drop, round_to=p.round_to, data=str(data),
+            img_size=p.img_size, auto_steps=p.auto_steps, device=device, workers=workers, layers=p.layers,
         ))
     pruned, pruned_cfg = out / "prune" / "pruned.pt", out / "prune" / "pruned.cfg"
     with run.timed("finetune"):
@@ -228,7 +253,7 @@ def run_demo(
         bench_json = out / "bench.json"
         bench, table = run.bench(BenchSettings(
             models=[f"{name}={path}" for name, path in models.items()], data=str(data), split=split, img_size=p.img_size,
-            runs=p.bench_runs, workers=workers, json_out=str(bench_json),
+            runs=p.bench_runs, workers=workers, json_out=str(bench_json), int8=["finetuned"],
         ))
     with run.timed("runtimes"):
         log.info("[8/%d] the pruned model's mAP in PyTorch, ONNX Runtime and OpenCV DNN", STAGES)

@@ -30,7 +30,7 @@ def describe_machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), {platform.system()} {platform.release()}"
 
 
 ROW_MEANINGS = {
@@ -40,6 +40,7 @@ ROW_MEANINGS = {
     "pruned": "the compact model straight out of `yoloprune prune`, no finetuning (removed channels' constant "
     "outputs folded into the next layers)",
     "finetuned": "the pruned model after finetuning, distilled from the baseline",
+    "finetuned int8": "the finetuned model's ONNX export quantized to INT8 (`export --int8`), run in ONNX Runtime",
     "scratch": "control: the pruned architecture trained from random init for the pipeline's total epochs",
 }
 
@@ -48,6 +49,7 @@ QUESTIONS = (
     ("finetuned", "baseline", "does the compact model detect as well as the detector it came from?"),
     ("finetuned", "baseline-equal-epochs", "... as well as that detector given the same training epochs?"),
     ("finetuned", "scratch", "is pruning worth more than training the small architecture from scratch?"),
+    ("finetuned int8", "finetuned", "does INT8 keep the finetuned model's accuracy?"),
     ("pruned", "sparse", "does the pruning search keep its promise on images it never saw?"),
 )
 
@@ -63,11 +65,12 @@ def _comparison(p, bench, table: str) -> list[str]:
         "",
         *(f"- *{name}*: {meaning}." for name, meaning in ROW_MEANINGS.items() if name in by_name),
         "",
-        "| | pruned / baseline | finetuned / baseline |",
-        "|---|---|---|",
     ]
+    compared = [name for name in ("pruned", "finetuned", "finetuned int8") if name in by_name]
+    lines += ["| | " + " | ".join(f"{name} / baseline" for name in compared) + " |", "|---" * (len(compared) + 1) + "|"]
     for label, key in (("params", "params"), ("MACs", "gmacs"), ("latency (PyTorch)", "latency_ms_torch"), ("latency (ONNX Runtime)", "latency_ms_ort")):
-        lines.append(f"| {label} | {getattr(by_name['pruned'], key) / getattr(base, key):.3f}x | {getattr(by_name['finetuned'], key) / getattr(base, key):.3f}x |")
+        ratios = [getattr(by_name[name], key) for name in compared]
+        lines.append(f"| {label} | " + " | ".join("-" if value is None else f"{value / getattr(base, key):.3f}x" for value in ratios) + " |")
     lines += [
         "",
         "## What the pipeline beats and what it does not",
@@ -143,14 +146,21 @@ def _calibration_text(prune_report) -> str:
     return "BN statistics not re-calibrated."
 
 
-def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float, split: str) -> list[str]:
+def _anchor_text(fit) -> str:
+    if fit is None:
+        return ""
+    return (f", anchors fitted to the {fit.boxes} training boxes (mean best IoU {fit.mean_iou:.3f}; the builder's "
+            f"COCO-scaled anchors: {fit.previous_mean_iou:.3f})")
+
+
+def _what_was_done(run, p, out_dir: Path, prune_report, small_gamma_share: float, split: str) -> list[str]:
     threshold = prune_report.threshold if prune_report.threshold is not None else float("nan")
     return [
         "## What was done",
         "",
         f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid / {p.test_images} test images at {p.img_size} px "
         f"(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the {split} images.",
-        f"- Model: {_model_description(out_dir / 'model.cfg')} (`{out_dir / 'model.cfg'}`), trained from scratch for "
+        f"- Model: {_model_description(out_dir / 'model.cfg')} (`{out_dir / 'model.cfg'}`)" + _anchor_text(run.anchor_fit) + ", trained from scratch for "
         f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine).",
         f"- Sparsity training: {p.sparse_epochs} epochs from the baseline with s = {p.sparsity:g} on every BN γ"
         + (f", s / 100 after {p.sparsity_decay:.0%} of the epochs" if p.sparsity_decay else "")
@@ -158,7 +168,9 @@ def _what_was_done(p, out_dir: Path, prune_report, small_gamma_share: float, spl
         + f"; at the end {small_gamma_share:.1%} of |γ| are below 0.01.",
         "- Pruning: `--mode full` (shortcut-coupled convs pruned together)"
         + (", residual blocks removed first (as many as keep mAP@0.5 within half the tolerance)" if p.layers == "auto" else "")
-        + f", then the most channels whose validation mAP@0.5 stays within {p.max_map_drop} of the sparse model "
+        + f", then the most channels whose validation mAP@0.5 stays within {p.max_map_drop}"
+        + ("" if p.max_map5095_drop is None else f" (and mAP@0.5:0.95 within {p.max_map5095_drop})")
+        + " of the sparse model "
         f"(bisection, {p.auto_steps} evaluations); threshold |γ| = {threshold:.4g}, "
         f"{len(prune_report.removed_blocks)} residual block(s) removed, kept channels rounded up to multiples of {p.round_to}, "
         + _calibration_text(prune_report),
@@ -209,7 +221,7 @@ def write_report(
         "",
         *_comparison(p, bench, table),
         *_runtimes(runtimes, bench.split),
-        *_what_was_done(p, out_dir, prune_report, small, bench.split),
+        *_what_was_done(run, p, out_dir, prune_report, small, bench.split),
         *_figures(figures, out_dir),
         *_reproduce(run.commands, out_dir),
     ]

@@ -62,6 +62,11 @@ class Validator:
     def map50(self, model) -> float:
         return self(model).map50
 
+    def maps(self, model) -> tuple[float, float]:
+        """(mAP@0.5, mAP@0.5:0.95) from one evaluation pass: a search judging by both pays for one."""
+        metrics = self(model)
+        return metrics.map50, metrics.map
+
 
 def _first_images(loader, max_images: int) -> Iterator:
     seen = 0

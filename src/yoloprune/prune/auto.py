@@ -1,5 +1,5 @@
 """Automatic pruning: the most channels (hence FLOPs) that can go while validation mAP@0.5 stays
-within `max_map_drop` of the unpruned model.
+within `max_map_drop` of the unpruned model, and, with `max_map5095_drop`, mAP@0.5:0.95 within that.
 
 The search is a bisection over the global |γ| threshold, expressed as its rank among the candidate
 channels (the fraction removed): removing more channels never adds FLOPs, and accuracy is assumed to
@@ -13,7 +13,11 @@ importance first, see `prune.layer`) within `BLOCK_SHARE` of the tolerance; the 
 uses the whole tolerance, measured from the unpruned model. Blocks go first because a removed block
 saves its layers' fixed per-layer cost too, which matters for latency on small models.
 
-The result always scores within `max_map_drop` of the unpruned model. The channel search starts from
+A trial is accepted when every metric that has a tolerance stays within it. mAP@0.5 alone can hide
+a loss of localisation (boxes still overlapping by half but no longer by 0.75), which mAP@0.5:0.95
+sees; both come from the same evaluation pass (`MapScores`), so the second tolerance costs nothing.
+
+The result always scores within the tolerances of the unpruned model. The channel search starts from
 the blocks-only plan (no channels removed): with no blocks that is the unpruned model, which passes
 by definition; with a fixed block count it is evaluated like any trial, and if it already falls
 below the floor the search stops with `MapToleranceError` naming the closest trial, since removing
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from yoloprune.darknet.graph import ResidualBlock, residual_blocks
 from yoloprune.darknet.model import Darknet
@@ -36,7 +40,49 @@ from yoloprune.prune.plan import PrunePlan
 
 log = logging.getLogger(__name__)
 
-BLOCK_SHARE = 0.5  # share of the mAP tolerance that block removal may use before channels are pruned
+BLOCK_SHARE = 0.5  # share of each mAP tolerance that block removal may use before channels are pruned
+
+
+class MapScores(NamedTuple):
+    """A model's validation scores: mAP@0.5 and mAP@0.5:0.95 (None where the evaluator gives only mAP@0.5)."""
+
+    map50: float
+    map: float | None = None
+
+
+def as_map_scores(value) -> MapScores:
+    """An evaluator's answer as `MapScores`: a number is mAP@0.5 alone, a pair is (mAP@0.5, mAP@0.5:0.95),
+    anything else is read by its `.map50` and `.map` (an `eval.evaluate.DetectionMetrics`)."""
+    if isinstance(value, tuple):
+        map50, map_ = value
+    elif hasattr(value, "map50"):
+        map50, map_ = value.map50, value.map
+    else:  # a number, a 0-d tensor
+        return MapScores(float(value))
+    return MapScores(float(map50), None if map_ is None else float(map_))
+
+
+@dataclass(frozen=True)
+class MapFloors:
+    """The lowest scores a trial may reach: the unpruned model's minus each tolerance (None: no tolerance)."""
+
+    map50: float
+    map: float | None = None
+
+    @classmethod
+    def below(cls, baseline: MapScores, max_map_drop: float, max_map5095_drop: float | None, share: float = 1.0) -> "MapFloors":
+        return cls(baseline.map50 - share * max_map_drop, None if max_map5095_drop is None else baseline.map - share * max_map5095_drop)
+
+    def failed(self, scores: MapScores) -> list[str]:
+        """The metrics `scores` fall below their floor on, by name."""
+        names = ["mAP@0.5"] if scores.map50 < self.map50 else []
+        if self.map is not None and scores.map < self.map:
+            names.append("mAP@0.5:0.95")
+        return names
+
+    def margin(self, scores: MapScores) -> float:
+        """How far the worse metric lies above (> 0) or below (< 0) its floor: the closest trial has the largest."""
+        return min(scores.map50 - self.map50, float("inf") if self.map is None else scores.map - self.map)
 
 
 @dataclass
@@ -48,20 +94,34 @@ class AutoTrial:
     map50: float
     accepted: bool
     blocks: int = 0  # residual blocks removed in this trial
+    map: float | None = None  # mAP@0.5:0.95, where the evaluator measures it
+
+    @property
+    def scores(self) -> MapScores:
+        return MapScores(self.map50, self.map)
 
 
 class MapToleranceError(YoloPruneError):
-    """No plan tried keeps validation mAP@0.5 within the tolerance; `closest` is the trial that
-    scored highest."""
+    """No plan tried keeps the validation mAPs within their tolerances; `closest` is the trial whose
+    worse metric came nearest its floor, and the message names the metrics it failed on."""
 
-    def __init__(self, baseline: float, max_map_drop: float, closest: AutoTrial):
-        self.baseline, self.max_map_drop, self.closest = baseline, max_map_drop, closest
+    def __init__(self, baseline: MapScores, floors: MapFloors, closest: AutoTrial):
+        self.baseline, self.floors, self.closest = baseline, floors, closest
+        failed = floors.failed(closest.scores)
         channels = "no channels" if closest.ratio == 0 else f"channel ratio {closest.ratio:g}"
+        metrics = [("mAP@0.5", baseline.map50, floors.map50, closest.map50, "max_map_drop")]
+        if floors.map is not None:
+            metrics.append(("mAP@0.5:0.95", baseline.map, floors.map, closest.map, "max_map5095_drop"))
+        limits = "; ".join(
+            f"{name} cannot stay within {before - floor:.4g} of the unpruned model's {before:.4f} (floor {floor:.4f})"
+            for name, before, floor, _, _ in metrics if name in failed
+        )
+        scores = " and ".join(f"{name} {score:.4f}" for name, _, _, score, _ in metrics)
+        settings = " or ".join(f"`{setting}`" for name, _, _, _, setting in metrics if name in failed)
         super().__init__(
-            f"mAP@0.5 cannot stay within {max_map_drop:g} of the unpruned model's {baseline:.4f} "
-            f"(floor {baseline - max_map_drop:.4f}): the closest trial, {closest.blocks} residual blocks removed "
-            f"with {channels} (MACs x{closest.macs_ratio:.3f}), scores {closest.map50:.4f}; "
-            "remove fewer residual blocks (`layers`) or allow a larger drop (`max_map_drop`)"
+            f"{limits}: the closest trial, {closest.blocks} residual blocks removed "
+            f"with {channels} (MACs x{closest.macs_ratio:.3f}), scores {scores}; "
+            f"remove fewer residual blocks (`layers`) or allow a larger drop ({settings})"
         )
 
 
@@ -73,52 +133,60 @@ class AutoPruneResult:
     trials: list[AutoTrial] = field(default_factory=list)
     recalibrated: bool = False  # whether the trials (and so the result) were BN re-calibrated
     map50_recalibrated: float | None = None  # the unpruned model's score after re-calibration, when tried
+    # mAP@0.5:0.95 beside each mAP@0.5 above, where the evaluator measures it
+    map_before: float | None = None
+    map_after: float | None = None
+    map_recalibrated: float | None = None
 
     def to_dict(self) -> dict:
         return {
-            "map50_before": self.map50_before, "map50_after": self.map50_after, "recalibrated": self.recalibrated,
-            "map50_recalibrated": self.map50_recalibrated, "trials": [asdict(t) for t in self.trials],
+            "map50_before": self.map50_before, "map50_after": self.map50_after,
+            "map_before": self.map_before, "map_after": self.map_after, "recalibrated": self.recalibrated,
+            "map50_recalibrated": self.map50_recalibrated, "map_recalibrated": self.map_recalibrated,
+            "trials": [asdict(t) for t in self.trials],
         }
 
 
 class _Trials:
     """Plans, scores and records the trials of one search; the model given is never changed."""
 
-    def __init__(self, model: Darknet, evaluate_map50, apply, recalibrate, max_map_drop: float, plan_options: dict):
-        self.model, self.evaluate_map50, self.apply, self.recalibrate = model, evaluate_map50, apply, recalibrate
-        self.max_map_drop = max_map_drop
+    def __init__(self, model: Darknet, evaluate, apply, recalibrate, tolerances: dict, plan_options: dict):
+        self.model, self.evaluate, self.apply, self.recalibrate = model, evaluate, apply, recalibrate
+        self.tolerances = tolerances  # max_map_drop, and max_map5095_drop where given
         self.plan_options = plan_options  # mode, min_keep, round_to, img_size, importance
         self.trials: list[AutoTrial] = []
 
     def plan(self, ratio: float, blocks: list[ResidualBlock]) -> PrunePlan:
         plan = plan_channel_prune(self.model, ratio=ratio, removed_blocks=blocks, **self.plan_options)
-        plan.settings.update(max_map_drop=self.max_map_drop, auto=True)
+        plan.settings.update(**self.tolerances, auto=True)
         return plan
 
     def least_important_blocks(self, count: int) -> list[ResidualBlock]:
         return plan_layer_prune(self.model, count, importance=self.plan_options["importance"])
 
-    def run(self, plan: PrunePlan, ratio: float, floor: float) -> AutoTrial:
-        """Prune by `plan`, (re-calibrate,) evaluate, and record it as accepted when it scores >= `floor`."""
+    def run(self, plan: PrunePlan, ratio: float, floors: MapFloors) -> AutoTrial:
+        """Prune by `plan`, (re-calibrate,) evaluate, and record it as accepted when no metric falls below its floor."""
         pruned = self.apply(self.model, plan)
         if self.recalibrate is not None:
             self.recalibrate(pruned)
-        map50 = float(self.evaluate_map50(pruned))
+        scores = as_map_scores(self.evaluate(pruned))
+        failed = floors.failed(scores)
         trial = AutoTrial(
-            ratio, plan.threshold, plan.macs_after / plan.macs_before, plan.params_after / plan.params_before, map50, map50 >= floor,
-            len(plan.removed_blocks),
+            ratio, plan.threshold, plan.macs_after / plan.macs_before, plan.params_after / plan.params_before, scores.map50, not failed,
+            len(plan.removed_blocks), scores.map,
         )
         self.trials.append(trial)
         log.info(
-            "auto prune: blocks %d  ratio %.4f  MACs x%.3f  mAP@0.5 %.4f  %s",
-            trial.blocks, ratio, trial.macs_ratio, map50, "ok" if trial.accepted else "too low",
+            "auto prune: blocks %d  ratio %.4f  MACs x%.3f  mAP@0.5 %.4f%s  %s",
+            trial.blocks, ratio, trial.macs_ratio, scores.map50, "" if scores.map is None else f"  mAP@0.5:0.95 {scores.map:.4f}",
+            "ok" if trial.accepted else "too low: " + ", ".join(failed),
         )
         return trial
 
 
 def search_max_pruning(
     model: Darknet,
-    evaluate_map50: Callable[[Darknet], float],
+    evaluate: Callable[[Darknet], object],
     max_map_drop: float,
     mode: str = "full",
     *,
@@ -131,75 +199,109 @@ def search_max_pruning(
     recalibrate: Callable[[Darknet], object] | None = None,
     search_blocks: bool = False,
     importance: Importance = bn_scale,
+    max_map5095_drop: float | None = None,
+    latency=None,
+    target_latency: float | None = None,
 ) -> AutoPruneResult:
     """Bisection (`steps` trials after the baseline) for the largest removed fraction of candidate
-    channels whose pruned model scores `evaluate_map50(model) >= baseline - max_map_drop`.
+    channels whose pruned model keeps mAP@0.5 >= baseline - max_map_drop and, with `max_map5095_drop`,
+    mAP@0.5:0.95 >= its baseline - max_map5095_drop.
+    `evaluate(model)` scores a model (`as_map_scores`: mAP@0.5 alone, or both from one pass; the
+    second tolerance needs both).
     Every trial model is `apply(model, plan)` (`prune.apply.prune_model`: the search itself only plans);
     `recalibrate(pruned)`, when given, runs on it before it is evaluated, unless re-calibrating the
     unpruned model already lowers its score: then the search runs without it (`result.recalibrated`).
-    `search_blocks=True` first chooses the residual blocks to remove (instead of `removed_blocks`)."""
+    `search_blocks=True` first chooses the residual blocks to remove (instead of `removed_blocks`).
+    `latency` (a latency table) ranks the channels by importance per predicted ms saved
+    (`prune.channel`); `target_latency` then bounds the search by the plan that keeps that fraction
+    of the predicted latency: the result is that plan, or a lighter one if the mAP asks for it."""
     if max_map_drop < 0:
         raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
+    if max_map5095_drop is not None and max_map5095_drop < 0:
+        raise ValueError(f"max_map5095_drop must be >= 0, got {max_map5095_drop}")
     if search_blocks and removed_blocks:
         raise ValueError("give removed_blocks or search_blocks=True, not both")
-    plan_options = dict(mode=mode, min_keep=min_keep, round_to=round_to, img_size=img_size, importance=importance)
-    trials = _Trials(model, evaluate_map50, apply, recalibrate, max_map_drop, plan_options)
-    baseline = float(evaluate_map50(model))
-    floor = baseline - max_map_drop
-    log.info("auto prune: baseline mAP@0.5 %.4f, accepting >= %.4f", baseline, floor)
+    plan_options = dict(mode=mode, min_keep=min_keep, round_to=round_to, img_size=img_size, importance=importance, latency=latency)
+    tolerances = {"max_map_drop": max_map_drop} | ({} if max_map5095_drop is None else {"max_map5095_drop": max_map5095_drop})
+    trials = _Trials(model, evaluate, apply, recalibrate, tolerances, plan_options)
+    baseline = as_map_scores(evaluate(model))
+    if max_map5095_drop is not None and baseline.map is None:
+        raise ValueError("max_map5095_drop needs an evaluator that returns mAP@0.5:0.95 too (a pair, or an object with .map50 and .map)")
+    floors = MapFloors.below(baseline, max_map_drop, max_map5095_drop)
+    log.info("auto prune: baseline mAP@0.5 %.4f%s, accepting mAP@0.5 >= %.4f%s", baseline.map50,
+             "" if baseline.map is None else f"  mAP@0.5:0.95 {baseline.map:.4f}", floors.map50,
+             "" if floors.map is None else f" and mAP@0.5:0.95 >= {floors.map:.4f}")
     recalibrated_baseline = None
     if recalibrate is not None:
         # Re-calibration is a choice, so the validation split makes it: where it costs the unpruned
         # model mAP (BN statistics from un-augmented training images can fit worse than the trained
-        # ones), every trial would pay that cost before removing a single channel.
+        # ones), every trial would pay that cost before removing a single channel. With two
+        # tolerances, a cost in either metric counts.
         unpruned = apply(model, trials.plan(0.0, []))
         recalibrate(unpruned)
-        recalibrated_baseline = float(evaluate_map50(unpruned))
-        if recalibrated_baseline < baseline:
-            log.info("auto prune: BN re-calibration lowers the unpruned model's mAP@0.5 (%.4f -> %.4f): searching without it",
-                     baseline, recalibrated_baseline)
+        recalibrated_baseline = as_map_scores(evaluate(unpruned))
+        if MapFloors(baseline.map50, baseline.map if floors.map is not None else None).failed(recalibrated_baseline):
+            log.info("auto prune: BN re-calibration lowers the unpruned model's scores (%s -> %s): searching without it",
+                     _format(baseline), _format(recalibrated_baseline))
             trials.recalibrate = None
     # The starting plan: no channels, and no blocks unless a fixed count was given. Without blocks it
     # is the unpruned model, whose score is the baseline itself (no evaluation needed).
-    best_plan, best_map = trials.plan(0.0, list(removed_blocks)), baseline
+    best_plan, best_scores = trials.plan(0.0, list(removed_blocks)), baseline
     if search_blocks:
-        best_plan, best_map = _search_block_count(trials, baseline - BLOCK_SHARE * max_map_drop, best_plan, best_map)
+        block_floors = MapFloors.below(baseline, max_map_drop, max_map5095_drop, share=BLOCK_SHARE)
+        best_plan, best_scores = _search_block_count(trials, block_floors, best_plan, best_scores)
     elif removed_blocks:
-        best_map = trials.run(best_plan, 0.0, floor).map50
-        if best_map < floor:
+        trial = trials.run(best_plan, 0.0, floors)
+        best_scores = trial.scores
+        if not trial.accepted:
             # every channel trial removes these blocks and more: none can do better, so stop here
-            raise MapToleranceError(baseline, max_map_drop, max(trials.trials, key=lambda t: t.map50))
-    best_plan, best_map = _search_channel_ratio(trials, floor, steps, best_plan, best_map)
-    assert best_map >= floor, f"auto prune returned mAP@0.5 {best_map} under the floor {floor}"
-    return AutoPruneResult(best_plan, baseline, best_map, trials.trials, trials.recalibrate is not None, recalibrated_baseline)
+            raise MapToleranceError(baseline, floors, max(trials.trials, key=lambda t: floors.margin(t.scores)))
+    best_plan, best_scores = _search_channel_ratio(trials, floors, steps, best_plan, best_scores, target_latency)
+    assert not floors.failed(best_scores), f"auto prune returned {best_scores} under the floors {floors}"
+    return AutoPruneResult(
+        best_plan, baseline.map50, best_scores.map50, trials.trials, trials.recalibrate is not None,
+        None if recalibrated_baseline is None else recalibrated_baseline.map50,
+        baseline.map, best_scores.map, None if recalibrated_baseline is None else recalibrated_baseline.map,
+    )
 
 
-def _search_block_count(trials: _Trials, floor: float, best_plan: PrunePlan, best_map: float) -> tuple[PrunePlan, float]:
+def _format(scores: MapScores) -> str:
+    return f"mAP@0.5 {scores.map50:.4f}" + ("" if scores.map is None else f", mAP@0.5:0.95 {scores.map:.4f}")
+
+
+def _search_block_count(trials: _Trials, floors: MapFloors, best_plan: PrunePlan, best_scores: MapScores) -> tuple[PrunePlan, MapScores]:
     """Integer bisection on how many residual blocks go (lowest importance first), no channels removed."""
     passing, failing = 0, len(residual_blocks(trials.model.cfg)) + 1  # known to pass / to fail
     while failing - passing > 1:
         count = (passing + failing) // 2
         plan = trials.plan(0.0, trials.least_important_blocks(count))
-        trial = trials.run(plan, 0.0, floor)
+        trial = trials.run(plan, 0.0, floors)
         if trial.accepted:
-            passing, best_plan, best_map = count, plan, trial.map50
+            passing, best_plan, best_scores = count, plan, trial.scores
         else:
             failing = count
-    return best_plan, best_map
+    return best_plan, best_scores
 
 
-def _search_channel_ratio(trials: _Trials, floor: float, steps: int, best_plan: PrunePlan, best_map: float) -> tuple[PrunePlan, float]:
-    """Bisection on the removed fraction of candidate channels, on top of `best_plan`'s blocks."""
+def _search_channel_ratio(
+    trials: _Trials, floors: MapFloors, steps: int, best_plan: PrunePlan, best_scores: MapScores, target_latency: float | None = None,
+) -> tuple[PrunePlan, MapScores]:
+    """Bisection on the removed fraction of candidate channels, on top of `best_plan`'s blocks; with
+    `target_latency`, no further than the fraction the latency budget removes (with these blocks)."""
     blocks = best_plan.removed_blocks
-    low, high = 0.0, 1.0  # low: largest fraction known to pass; high: smallest known to fail (or 1)
+    high = 1.0
+    if target_latency is not None:
+        budget = plan_channel_prune(trials.model, target_latency=target_latency, removed_blocks=blocks, **trials.plan_options).settings
+        high = min(1.0, (budget["ranked_removed"] + 0.5) / max(budget["ranked_channels"], 1))  # + 0.5: a ratio's count rounds down
+    low = 0.0  # low: largest fraction known to pass; high: smallest known to fail (or the most allowed)
     for step in range(steps):
         ratio = high if step == 0 else (low + high) / 2  # try everything first: it may already pass
         plan = trials.plan(ratio, blocks)
-        trial = trials.run(plan, ratio, floor)
+        trial = trials.run(plan, ratio, floors)
         if trial.accepted:
-            low, best_plan, best_map = ratio, plan, trial.map50
+            low, best_plan, best_scores = ratio, plan, trial.scores
             if step == 0:
                 break
         else:
             high = ratio
-    return best_plan, best_map
+    return best_plan, best_scores

@@ -22,8 +22,19 @@ Threshold:
 - `target_flops=F` / `target_params=F`: the number of lowest-ranked channels to remove is found by
   bisection so that the pruned model's MACs (or parameters) land on F × the original's. Cost is
   counted from the cfg (`darknet.graph.count_cfg_macs`), so each step takes about a millisecond.
+- `target_latency=F` with a latency table (`latency=`, `bench.latency_table`): the same bisection
+  on the latency the table predicts for the pruned cfg.
 
 Among channels of equal importance (exact zeros, typically) the one in the costlier conv goes first.
+
+Latency-aware ranking (whenever a latency table is given): a channel costs what removing it saves,
+the table's local slope for its unit (predicted ms saved per position over the first channel block
+at full width, `prune.latency.UnitLatency`), and channels are ranked by importance lost per ms
+saved, lowest first. This is greedy: each unit's saving is taken once, at full width, although
+it changes as the unit and its neighbours narrow; the budget, though, is always checked on the
+whole pruned cfg. Rounding then picks, within each unit's rounding step, the count the table
+predicts fastest (see `UnitLatency.fastest_count`), rather than the next multiple of `round_to`.
+There is no single importance threshold in this ranking, so the plan's `threshold` is None.
 
 Per conv at least `min_keep` channels stay (a fraction of its width if < 1, else a count; never
 zero), and with `round_to=R` the kept count is rounded up to a multiple of R (the extra channels
@@ -43,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from yoloprune.bench.latency_table import LatencyTable
 from yoloprune.darknet.graph import (
     ResidualBlock,
     analyze_graph,
@@ -56,6 +68,7 @@ from yoloprune.darknet.graph import (
 from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.importance import Importance, bn_scale
+from yoloprune.prune.latency import UnitLatency
 from yoloprune.prune.plan import PrunePlan
 from yoloprune.prune.settings import PRUNE_MODES
 
@@ -73,6 +86,7 @@ class _Unit:
     parts: int = 1  # the set's channels are `parts` runs whose position c is pruned together
     min_keep: int = 1
     channel_macs: int = 0  # what one position (a channel of every part) of the unit's convs costs
+    latency: UnitLatency | None = None  # with a latency table: what its width costs in predicted ms
 
     @property
     def channels(self) -> int:
@@ -134,17 +148,22 @@ def _candidate_units(
 
 
 class _Ranking:
-    """All candidate channels in one global order, lowest importance first."""
+    """All candidate channels in one global order, lowest importance first (with a latency table:
+    lowest importance per predicted ms saved first, see the module docstring)."""
 
     def __init__(self, units: list[_Unit]):
         self.units = units
+        self.by_latency = any(unit.latency is not None for unit in units)
         if units:
             values = torch.cat([unit.importance for unit in units])
             unit_ids = torch.cat([torch.full((unit.channels,), i, dtype=torch.long) for i, unit in enumerate(units)])
-            costs = torch.cat([torch.full((unit.channels,), float(unit.channel_macs), dtype=torch.float64) for unit in units])
+            costs = torch.cat([torch.full((unit.channels,), _channel_cost(unit), dtype=torch.float64) for unit in units])
         else:
             values = costs = torch.zeros(0, dtype=torch.float64)
             unit_ids = torch.zeros(0, dtype=torch.long)
+        if self.by_latency:
+            # a channel whose removal the table says saves nothing ranks last, unless it is worth nothing
+            values = values / costs.clamp(min=1e-12)
         # lowest importance first; among equal importances (e.g. exact zeros) the costlier channel first
         order = torch.from_numpy(np.lexsort((-costs.numpy(), values.numpy())))
         self.sorted_values = values[order]
@@ -160,8 +179,8 @@ class _Ranking:
         return int(torch.searchsorted(self.sorted_values, torch.tensor([threshold], dtype=torch.float64)).item())
 
     def threshold(self, removed: int) -> float | None:
-        """The importance of the lowest-ranked channel that stays."""
-        if self.size == 0:
+        """The importance of the lowest-ranked channel that stays (None in the latency ranking)."""
+        if self.size == 0 or self.by_latency:
             return None
         return float(self.sorted_values[min(removed, self.size - 1)])
 
@@ -171,7 +190,9 @@ class _Ranking:
         counts = []
         for unit, gone in zip(self.units, removed_per_unit):
             keep = max(unit.channels - gone, unit.min_keep)
-            if round_to > 1:
+            if unit.latency is not None:
+                keep = unit.latency.fastest_count(keep, round_to)
+            elif round_to > 1:
                 keep = min(unit.channels, math.ceil(keep / round_to) * round_to)
             counts.append(keep)
         return counts
@@ -186,20 +207,29 @@ class _Ranking:
         return kept
 
 
+def _channel_cost(unit: _Unit) -> float:
+    """What removing one of the unit's positions saves: predicted ms with a latency table, else MACs."""
+    return unit.latency.saving_per_position(unit.min_keep) if unit.latency is not None else float(unit.channel_macs)
+
+
 def _filters_for(units: list[_Unit], counts: list[int]) -> dict[int, int]:
     return {idx: count * unit.parts for unit, count in zip(units, counts) for idx in unit.convs}
 
 
-def _check_amount(mode: str, ratio, threshold, target_flops, target_params, round_to: int) -> None:
+def _check_amount(mode: str, ratio, threshold, target_flops, target_params, round_to: int, target_latency=None, latency=None) -> None:
     if mode not in PRUNE_MODES:
         raise ValueError(f"mode must be one of {PRUNE_MODES}, got {mode!r}")
-    amounts = {"ratio": ratio, "threshold": threshold, "target_flops": target_flops, "target_params": target_params}
+    amounts = {"ratio": ratio, "threshold": threshold, "target_flops": target_flops, "target_params": target_params, "target_latency": target_latency}
     given = [name for name, value in amounts.items() if value is not None]
     if len(given) > 1:
-        raise ValueError(f"give one of ratio, threshold, target_flops, target_params, not {' and '.join(given)}")
+        raise ValueError(f"give one of {', '.join(amounts)}, not {' and '.join(given)}")
     if ratio is not None and not 0 <= ratio <= 1:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    for name, value in (("target_flops", target_flops), ("target_params", target_params)):
+    if target_latency is not None and latency is None:
+        raise ValueError("target_latency needs a latency table (latency=)")
+    if threshold is not None and latency is not None:
+        raise ValueError("threshold ranks by importance alone: it takes no latency table")
+    for name, value in (("target_flops", target_flops), ("target_params", target_params), ("target_latency", target_latency)):
         if value is not None and not 0 < value <= 1:
             raise ValueError(f"{name} must be in (0, 1], got {value}")
     if round_to < 1:
@@ -218,35 +248,60 @@ def plan_channel_prune(
     img_size: int | None = None,
     removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (),
     importance: Importance = bn_scale,
+    target_latency: float | None = None,
+    latency: LatencyTable | None = None,
 ) -> PrunePlan:
     """Plan which channels to remove (see the module docstring). At most one of `ratio`,
-    `threshold` (remove channels whose importance is below it), `target_flops`, `target_params`;
-    with none, no channel is removed (a layer-only plan).
+    `threshold` (remove channels whose importance is below it), `target_flops`, `target_params`,
+    `target_latency`; with none, no channel is removed (a layer-only plan).
     `removed_blocks` (from `prune.layer.plan_layer_prune`) are taken out first and count towards a budget.
-    `importance(model)` scores every channel (`prune.importance`); the lowest scores go first."""
-    _check_amount(mode, ratio, threshold, target_flops, target_params, round_to)
+    `importance(model)` scores every channel (`prune.importance`); the lowest scores go first.
+    `latency` (a `bench.latency_table.LatencyTable` for the model's cfg at `img_size`) makes the
+    ranking and rounding latency-aware, with any amount but a threshold; `target_latency` needs it."""
+    _check_amount(mode, ratio, threshold, target_flops, target_params, round_to, target_latency, latency)
     cfg = model.cfg
     img_size = img_size or cfg.net.width
+    if latency is not None and latency.img_size != img_size:
+        raise ValueError(f"the latency table is for {latency.img_size} px inputs, the plan for {img_size} px")
     removed_blocks = list(removed_blocks)
     removed_layers = {idx for block in removed_blocks for idx in block.layers}
     units = _candidate_units(model, _channel_scores(model, importance), mode, removed_layers, min_keep, img_size)
+    if latency is not None:
+        latency.predict(build_pruned_cfg(cfg, {}, removed_blocks))  # a LatencyTableError now if it misses a layer
+        for unit in units:
+            unit.latency = UnitLatency(latency, cfg, unit.convs, unit.parts, unit.channels, removed_blocks)
     ranking = _Ranking(units)
+    pruned_cfgs: dict[int, object] = {}
 
-    def cost(removed: int) -> tuple[int, int]:
-        pruned_cfg = build_pruned_cfg(cfg, _filters_for(units, ranking.kept_counts(removed, round_to)), removed_blocks)
-        return count_cfg_macs(pruned_cfg, img_size), count_cfg_params(pruned_cfg)
+    def pruned_cfg(removed: int):
+        if removed not in pruned_cfgs:
+            pruned_cfgs[removed] = build_pruned_cfg(cfg, _filters_for(units, ranking.kept_counts(removed, round_to)), removed_blocks)
+        return pruned_cfgs[removed]
 
-    macs_before, params_before = count_cfg_macs(cfg, img_size), count_cfg_params(cfg)
+    # what a budget measures on a cfg: one planner, the cost a callable
+    costs = {"target_flops": lambda c: count_cfg_macs(c, img_size), "target_params": count_cfg_params}
+    if latency is not None:
+        costs["target_latency"] = latency.predict
     settings: dict = {"ratio": ratio, "threshold": threshold, "target_flops": target_flops, "target_params": target_params, "min_keep": min_keep, "round_to": round_to}
+    if latency is not None:
+        settings.update(target_latency=target_latency, ranking="importance per predicted ms saved")
+    budget = next((name for name in costs if name in settings and settings[name] is not None), None)
     if ratio is not None:
         removed = int(ranking.size * ratio)
     elif threshold is not None:
         removed = ranking.count_below(threshold)
-    elif target_flops is not None or target_params is not None:
-        removed = _fit_budget(cost, (macs_before, params_before), ranking.size, settings, mode)
+    elif budget is not None:
+        removed = _fit_budget(lambda k: costs[budget](pruned_cfg(k)), costs[budget](cfg), ranking.size, budget, settings, mode)
     else:
         removed = 0
-    macs_after, params_after = cost(removed)
+    after = pruned_cfg(removed)
+    if latency is not None:
+        before_ms, after_ms = latency.predict(cfg), latency.predict(after)
+        settings.update(
+            latency_runtime=latency.runtime, latency_threads=latency.threads, latency_table=str(latency.path) if latency.path else None,
+            predicted_ms_before=before_ms, predicted_ms_after=after_ms, predicted_latency_ratio=after_ms / before_ms,
+            ranked_channels=ranking.size, ranked_removed=removed,
+        )
     return PrunePlan(
         mode=mode,
         threshold=threshold if threshold is not None else (ranking.threshold(removed) if removed else None),
@@ -256,22 +311,20 @@ def plan_channel_prune(
         channels_before={idx: block.filters for idx, block in enumerate(cfg.layers) if hasattr(block, "filters")},
         img_size=img_size,
         settings=settings,
-        params_before=params_before,
-        params_after=params_after,
-        macs_before=macs_before,
-        macs_after=macs_after,
+        params_before=count_cfg_params(cfg),
+        params_after=count_cfg_params(after),
+        macs_before=count_cfg_macs(cfg, img_size),
+        macs_after=count_cfg_macs(after, img_size),
     )
 
 
-def _fit_budget(cost, cost_before: tuple[int, int], candidates: int, settings: dict, mode: str) -> int:
-    """How many lowest-ranked channels to remove so that the MACs (settings' target_flops) or the
-    parameters (target_params) land on the target fraction of `cost_before`; `cost(k)` gives both
-    after removing k. Records the fraction reached as settings["achieved"]."""
-    which = 0 if settings["target_flops"] is not None else 1
-    name = ("target_flops", "target_params")[which]
+def _fit_budget(cost_after, cost_before: float, candidates: int, name: str, settings: dict, mode: str) -> int:
+    """How many lowest-ranked channels to remove so that the cost the budget `name` measures
+    (`cost_after(k)` after removing k) lands on the target fraction `settings[name]` of
+    `cost_before`. Records the fraction reached as settings["achieved"]."""
     target = settings[name]
-    removed = _search_budget(lambda k: cost(k)[which] / cost_before[which], candidates, target)
-    achieved = cost(removed)[which] / cost_before[which]
+    removed = _search_budget(lambda k: cost_after(k) / cost_before, candidates, target)
+    achieved = cost_after(removed) / cost_before
     settings["achieved"] = achieved
     if abs(achieved / target - 1) > BUDGET_TOLERANCE:
         # min_keep, rounding and the candidate set bound how far pruning can go: say so rather than fail

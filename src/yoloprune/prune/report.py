@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 PRUNED_FILES = ("pruned.cfg", "pruned.weights", "pruned.pt", "report.json")  # what write_prune_outputs writes
 
 # Written only by a run that did them (timed the planning, re-calibrated BN, searched by mAP).
-_RUN_ONLY_FIELDS = ("plan_seconds", "calibrated_images", "auto", "folding")
+_RUN_ONLY_FIELDS = ("plan_seconds", "calibrated_images", "auto", "folding", "latency")
 
 
 @dataclass
@@ -59,6 +59,9 @@ class PruneReport:
     # What folding costs, on the validation images: mAP@0.5 of the unpruned network with the removed
     # channels' γ set to 0 (they output their constant) and of the compact model before re-calibration.
     folding: dict | None = None
+    # With a latency budget: the latency the table predicted and the one measured, before and after,
+    # both models timed interleaved in the table's runtime (`prune.run.measure_latency_ratio`).
+    latency: dict | None = None
 
     @property
     def params_ratio(self) -> float:

@@ -19,8 +19,10 @@ from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
 from yoloprune.fileio import atomic_directory
 from yoloprune.prune.apply import prune_model, zero_removed_gammas
-from yoloprune.prune.auto import AutoPruneResult, search_max_pruning
+from yoloprune.prune.auto import AutoPruneResult, as_map_scores, search_max_pruning
 from yoloprune.prune.channel import plan_channel_prune
+from yoloprune.prune.importance import IMPORTANCES
+from yoloprune.prune.latency import latency_table_for, measure_latency
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
 from yoloprune.prune.report import PRUNED_FILES, PruneReport, build_prune_report, write_prune_outputs
@@ -58,14 +60,14 @@ def _make_recalibrator(settings: PruneSettings, img_size: int):
     return recalibrate
 
 
-def make_map50_evaluator(settings: PruneSettings, img_size: int):
-    """mAP@0.5 on the valid split of `settings.data`, as a function of the model (the search chooses
-    by it, so it never reads the test split)."""
+def make_map_evaluator(settings: PruneSettings, img_size: int):
+    """(mAP@0.5, mAP@0.5:0.95) on the valid split of `settings.data`, from one pass, as a function of
+    the model (the search chooses by them, so it never reads the test split)."""
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
     evaluation = EvalSettings(data=settings.data, split="valid", intervals=False, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
-    return Validator(evaluation, progress=False).map50
+    return Validator(evaluation, progress=False).maps
 
 
 def _apply(model: Darknet, plan: PrunePlan, evaluate, recalibrate) -> tuple[Darknet, PruneReport]:
@@ -75,7 +77,10 @@ def _apply(model: Darknet, plan: PrunePlan, evaluate, recalibrate) -> tuple[Dark
     pruned = prune_model(model, plan)
     report = build_prune_report(model, pruned, plan, apply_seconds=time.perf_counter() - start)
     if evaluate is not None:
-        report.folding = {"map50_zeroed_gamma": evaluate(zero_removed_gammas(model, plan)), "map50_compact": evaluate(pruned)}
+        report.folding = {
+            "map50_zeroed_gamma": as_map_scores(evaluate(zero_removed_gammas(model, plan))).map50,
+            "map50_compact": as_map_scores(evaluate(pruned)).map50,
+        }
     if recalibrate is not None:
         report.calibrated_images = recalibrate(pruned)
     return pruned, report
@@ -108,18 +113,24 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
     recalibrate = _make_recalibrator(settings, img_size) if settings.calibration_images() else None
     # One validation loader for the search and the folding measurement.
     needs_evaluator = settings.data and (settings.max_map_drop is not None or not settings.plan_only)
-    evaluate = make_map50_evaluator(settings, img_size) if needs_evaluator else None
+    evaluate = make_map_evaluator(settings, img_size) if needs_evaluator else None
     start = time.perf_counter()
     search_blocks = settings.layers == "auto"
-    blocks = [] if search_blocks else plan_layer_prune(model, settings.layers)
-    common = dict(min_keep=settings.min_keep, round_to=settings.round_to, img_size=img_size, removed_blocks=blocks)
+    importance = IMPORTANCES[settings.importance]
+    blocks = [] if search_blocks else plan_layer_prune(model, settings.layers, importance=importance)
+    common = dict(min_keep=settings.min_keep, round_to=settings.round_to, img_size=img_size, removed_blocks=blocks, importance=importance)
     auto_result = None
+    # the latency table, built or read before planning so that a bad one stops the run at once
+    latency = latency_table_for(model.cfg, img_size, settings.runtime, settings.latency_table) if settings.target_latency is not None else None
     if settings.max_map_drop is not None:
         auto_result = search_max_pruning(
             model, evaluate, settings.max_map_drop, settings.mode, apply=prune_model, steps=settings.auto_steps,
-            recalibrate=recalibrate, search_blocks=search_blocks, **common,
+            recalibrate=recalibrate, search_blocks=search_blocks, max_map5095_drop=settings.max_map5095_drop,
+            latency=latency, target_latency=settings.target_latency, **common,
         )
         plan = auto_result.plan
+        if latency is not None:
+            plan.settings["target_latency"] = settings.target_latency
         recalibrate = recalibrate if auto_result.recalibrated else None
     else:
         plan = plan_channel_prune(
@@ -129,8 +140,11 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
             threshold=settings.threshold,
             target_flops=settings.target_flops,
             target_params=settings.target_params,
+            target_latency=settings.target_latency,
+            latency=latency,
             **common,
         )
+    plan.settings["importance"] = settings.importance  # the plan's threshold is in its units
     if source is not None:
         plan.settings["source"] = source
     plan_seconds = time.perf_counter() - start
@@ -146,6 +160,8 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
             report.plan_seconds = plan_seconds
             if auto_result is not None:
                 report.auto = auto_result.to_dict()
+            if latency is not None:
+                report.latency = measure_latency(model, pruned, latency)
             written += list(write_prune_outputs(staging, pruned, report, plan))
             plot_channels(report, staging / "channels.png")
             written.append("channels.png")

@@ -12,10 +12,14 @@ from yoloprune.settings import check_img_size, is_whole, option, require, resolv
 # Which convs are candidates: the seed's rule, or every BN conv with shortcut-coupled ones pruned together.
 PRUNE_MODES = ("safe", "full")
 # The settings that say how much to prune; at most one may be given.
-AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "max_map_drop")
+AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "target_latency", "max_map_drop")
+# Runtimes a latency budget is predicted and measured in: ONNX Runtime (the model's ONNX export) or PyTorch.
+LATENCY_RUNTIMES = ("ort", "torch")
 # BN re-calibration after pruning, on by default when training images are at hand: on the demo's
 # sparse model it raised the no-finetune mAP@0.5 at every MACs budget tried (docs/pruning-comparison.md).
 DEFAULT_CALIBRATION_IMAGES = 256
+# What ranks the channels (`prune.importance.IMPORTANCES`): |γ|, or |γ| times the norm of the weights reading the channel.
+IMPORTANCE_NAMES = ("gamma", "gamma-out-norm")
 
 
 def parse_layers(text: str) -> int | str:
@@ -38,13 +42,38 @@ class PruneSettings:
         "full: every BN conv, shortcut-coupled convs pruned together",
     )
     ratio: float | None = option(None, help="fraction of candidate channels to remove, lowest |γ| first (e.g. 0.85)")
-    threshold: float | None = option(None, help="remove candidate channels with |γ| below this value")
+    threshold: float | None = option(None, help="remove candidate channels whose importance (--importance; |γ| by default) is below this value")
     target_flops: float | None = option(None, help="keep this fraction of the MACs (budget search, within 1%%)")
     target_params: float | None = option(None, help="keep this fraction of the parameters (budget search, within 1%%)")
+    target_latency: float | None = option(
+        None,
+        help="keep this fraction of the latency a latency table predicts (budget search; channels ranked by "
+        "importance per ms saved); the compact and the original model are then timed in --runtime. "
+        "With --max-map-drop: prune at most this far, less if the mAP asks for it",
+    )
+    runtime: str | None = option(
+        None, choices=LATENCY_RUNTIMES, help="runtime of --target-latency: ort (the ONNX export in ONNX Runtime) or torch",
+        default_text="the --latency-table's, else ort",
+    )
+    latency_table: str | None = option(
+        None,
+        help="latency table JSON for --target-latency (`yoloprune latency-table`); without one, a table is built "
+        "for the cfg at the input size with the current thread count, or reused from the cache",
+    )
     max_map_drop: float | None = option(
         None,
         help="with --data: the most pruning whose valid mAP@0.5 stays within this of the unpruned model "
         "(bisection); an error naming the closest trial if removing the --layers blocks alone drops more",
+    )
+    max_map5095_drop: float | None = option(
+        None,
+        help="with --max-map-drop: also keep valid mAP@0.5:0.95 within this of the unpruned model "
+        "(both come from one evaluation per trial)",
+    )
+    importance: str = option(
+        "gamma", choices=IMPORTANCE_NAMES,
+        help="what ranks channels and blocks: gamma: |γ| (network slimming); gamma-out-norm: |γ| times the L2 norm "
+        "of the weights of the convs that read the channel",
     )
     min_keep: float = option(1, help="channels each conv keeps at least: a fraction (< 1) or a count")
     round_to: int = option(1, flag="--round", help="round kept channel counts up to a multiple of this (e.g. 8)")
@@ -71,17 +100,26 @@ class PruneSettings:
     def validate(self) -> None:
         """Raise SettingsError naming the first setting whose value cannot work."""
         require(self.mode in PRUNE_MODES, "mode", " or ".join(PRUNE_MODES), self.mode)
+        require(self.importance in IMPORTANCE_NAMES, "importance", " or ".join(IMPORTANCE_NAMES), self.importance)
         given = [name for name in AMOUNT_SETTINGS if getattr(self, name) is not None]
+        if self.max_map_drop is not None and self.target_latency is not None:
+            given.remove("target_latency")  # the one pair that combines: the latency target bounds the mAP search
         if len(given) > 1:
             raise SettingsError(given[1], "give one of " + ", ".join(f"`{name}`" for name in AMOUNT_SETTINGS) + "; got " + " and ".join(f"`{name}`" for name in given))
         if not given and not self.layers:
             raise SettingsError("ratio", "say how much to prune: one of " + ", ".join(f"`{name}`" for name in AMOUNT_SETTINGS) + " or `layers`")
         require(self.ratio is None or 0 <= self.ratio <= 1, "ratio", "in [0, 1]", self.ratio)
-        for name in ("target_flops", "target_params"):
+        for name in ("target_flops", "target_params", "target_latency"):
             require(getattr(self, name) is None or 0 < getattr(self, name) <= 1, name, "in (0, 1]", getattr(self, name))
+        for name in ("runtime", "latency_table"):
+            require(getattr(self, name) is None or self.target_latency is not None, name, "given with `target_latency`", getattr(self, name))
+        require(self.runtime is None or self.runtime in LATENCY_RUNTIMES, "runtime", " or ".join(LATENCY_RUNTIMES), self.runtime)
         require(self.threshold is None or self.threshold >= 0, "threshold", ">= 0", self.threshold)
         require(self.max_map_drop is None or self.max_map_drop >= 0, "max_map_drop", ">= 0", self.max_map_drop)
         require(self.max_map_drop is None or bool(self.data), "max_map_drop", "given with `data` (the mAP is measured on its valid split)", self.max_map_drop)
+        # A second tolerance, not a way to say how much to prune: alone it would leave mAP@0.5 unbounded.
+        require(self.max_map5095_drop is None or self.max_map_drop is not None, "max_map5095_drop", "given with `max_map_drop`", self.max_map5095_drop)
+        require(self.max_map5095_drop is None or self.max_map5095_drop >= 0, "max_map5095_drop", ">= 0", self.max_map5095_drop)
         require(0 <= self.min_keep < 1 or self.min_keep == int(self.min_keep), "min_keep", "a fraction in [0, 1) or a whole count", self.min_keep)
         require(self.layers == "auto" or (is_whole(self.layers) and self.layers >= 0), "layers", "a block count >= 0 or 'auto'", self.layers)
         require(self.layers != "auto" or self.max_map_drop is not None, "layers", "a count unless `max_map_drop` is given ('auto' chooses by mAP)", self.layers)

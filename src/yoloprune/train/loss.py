@@ -3,7 +3,11 @@
 Target assignment: each ground-truth box goes to the grid cell holding its centre, on the anchor
 (over all heads) whose width/height best matches it (IoU of the two boxes placed at one centre);
 with `anchor_iou_thresh` set, also to every other anchor whose wh-IoU exceeds it, which gives
-more positives per box and trains faster on small datasets.
+more positives per box and trains faster on small datasets. With `neighbour_cells`, each of those
+positives is repeated in the adjacent cells (left/right, up/down) whose predicted centre can still
+reach the box centre: with `scale_x_y=2` a cell's centre spans [-0.5, 1.5] cells, so a centre in
+the left half of its cell is reachable from the cell on its left too (YOLOv5's assignment, up to
+three cells per anchor). A head whose centres cannot leave their cell (`scale_x_y=1`) gets none.
 
 Terms (each a mean, so the weights below are comparable across image and batch sizes):
 - box: 1 - CIoU between the decoded prediction and its target, over positives. IoU-family losses
@@ -60,6 +64,29 @@ def _bce(raw: torch.Tensor, target: torch.Tensor, coding: BoxCoding, reduction: 
     return F.binary_cross_entropy_with_logits(coding.logits(raw), target, reduction=reduction)
 
 
+def _with_neighbour_cells(
+    target_idx: torch.Tensor, anchor_idx: torch.Tensor, gxy: torch.Tensor, cell_x: torch.Tensor, cell_y: torch.Tensor,
+    coding: BoxCoding, grid_w: int, grid_h: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positives plus their copies in the left/right and upper/lower neighbour cell whose
+    centre range (`coding.scale_x_y` around the cell: [-(s-1)/2, (s+1)/2] cells) holds the box centre."""
+    reach = (coding.scale_x_y - 1) / 2  # how far outside its own cell a centre can go
+    if reach <= 0:
+        return target_idx, anchor_idx, cell_x, cell_y
+    frac = gxy - torch.stack((cell_x, cell_y), 1).float()  # the centre within its cell, [0, 1]
+    limits = torch.tensor([grid_w - 1, grid_h - 1], device=gxy.device)
+    cells = torch.stack((cell_x, cell_y), 1)
+    copies = [(target_idx, anchor_idx, cells)]
+    for axis in (0, 1):
+        for step, near in ((-1, frac[:, axis] < reach), (1, frac[:, axis] > 1 - reach)):
+            moved = cells[near].clone()
+            moved[:, axis] += step
+            inside = (moved[:, axis] >= 0) & (moved[:, axis] <= limits[axis])
+            copies.append((target_idx[near][inside], anchor_idx[near][inside], moved[inside]))
+    target_idx, anchor_idx, cells = (torch.cat(parts) for parts in zip(*copies))
+    return target_idx, anchor_idx, cells[:, 0], cells[:, 1]
+
+
 @dataclass
 class LossWeights:
     box: float = 0.05
@@ -87,6 +114,7 @@ class YoloLoss(nn.Module):
         head_balance: tuple[float, ...] | None = None,
         box_kind: str = "ciou",
         codings: list[BoxCoding] | None = None,
+        neighbour_cells: bool = False,
     ):
         super().__init__()
         self.anchors_per_head = [a.detach().float().cpu().clone() for a in anchors_per_head]
@@ -101,6 +129,7 @@ class YoloLoss(nn.Module):
         self.obj_pos_weight = obj_pos_weight
         self.head_balance = head_balance
         self.box_kind = box_kind
+        self.neighbour_cells = neighbour_cells
 
     @classmethod
     def for_model(cls, model: nn.Module, **options) -> "YoloLoss":
@@ -195,12 +224,17 @@ class YoloLoss(nn.Module):
             anchor_offset += num_anchors
 
             target_idx, anchor_idx = head_matches.nonzero(as_tuple=True)
-            matched = targets[target_idx]
-            img_idx = matched[:, 0].long()
-            gxy = matched[:, 2:4] * torch.tensor([grid_w, grid_h], device=device)
-            gwh = matched[:, 4:6] * torch.tensor([grid_w, grid_h], device=device)
+            gxy = targets[target_idx, 2:4] * torch.tensor([grid_w, grid_h], device=device)
             cell_x = gxy[:, 0].long().clamp(0, grid_w - 1)
             cell_y = gxy[:, 1].long().clamp(0, grid_h - 1)
+            if self.neighbour_cells:
+                target_idx, anchor_idx, cell_x, cell_y = _with_neighbour_cells(
+                    target_idx, anchor_idx, gxy, cell_x, cell_y, coding, grid_w, grid_h
+                )
+                gxy = targets[target_idx, 2:4] * torch.tensor([grid_w, grid_h], device=device)
+            matched = targets[target_idx]
+            img_idx = matched[:, 0].long()
+            gwh = matched[:, 4:6] * torch.tensor([grid_w, grid_h], device=device)
 
             obj_target = torch.zeros(raw.shape[:4], device=device)
             obj_weight = torch.ones(raw.shape[:4], device=device)

@@ -14,6 +14,9 @@ from yoloprune.settings import check_img_size, is_whole, option, require
 
 OPTIMIZERS = ("sgd", "adam")
 SPARSITY_LAYER_SETS = ("all", "safe")  # named sets of BN layers under the penalty (see train.sparsity)
+# How the penalty is shared among the layers: the same s everywhere, or s scaled by what a channel of
+# the layer costs in MACs (`train.sparsity.macs_sparsity_weights`).
+SPARSITY_WEIGHTINGS = ("none", "macs")
 # Settings that may differ when a run is resumed: how long it runs, where and how it reports. Any
 # other change (the penalty, the learning rates, the data, the model) would make the resumed run a
 # different experiment than the one its checkpoint and metrics.csv describe.
@@ -46,6 +49,11 @@ class TrainSettings:
     sparsity_layers: str | list[int] = option(
         "all", choices=SPARSITY_LAYER_SETS, help="BN layers under the penalty: all BN convs or the seed's safe prunable set",
     )
+    sparsity_weighting: str = option(
+        "none", choices=SPARSITY_WEIGHTINGS,
+        help="none: the same s on every penalised γ; macs: s times a weight proportional to the MACs one "
+        "channel of the layer costs (its filter and its slice of the convs reading it), mean 1 over the penalised channels",
+    )
     sparsity_decay: float | None = option(None, metavar="F", help="after fraction F of the epochs, multiply s by --sparsity-decay-factor")
     sparsity_decay_factor: float = option(0.01, help="factor applied by --sparsity-decay")
     # With Adam a parameter moves at most about lr per step, so at lr 1e-3 a γ of 1 needs ~1000 steps
@@ -62,6 +70,10 @@ class TrainSettings:
     augment: bool = option(True, flag="--no-augment", help="train without augmentation")
     augment_options: dict = field(default_factory=dict)  # AugmentConfig fields for the train loader (--mosaic)
     grad_clip: float = option(10.0, help="max gradient norm, 0 = off")
+    neighbour_cells: bool = option(
+        False, help="also train the neighbouring cells whose stretched centre (scale_x_y > 1) reaches the box centre "
+        "(YOLOv5-style; yolov4-csp / yolov7 heads, scale_x_y = 2)",
+    )
     amp: bool = option(True, flag="--no-amp", help="disable mixed precision on CUDA")
     conf_thres: float = 0.001
     iou_thres: float = 0.6
@@ -100,6 +112,7 @@ class TrainSettings:
         for name in ("workers", "eval_every"):
             check(is_whole(getattr(self, name)) and getattr(self, name) >= 0, name, "a whole number >= 0")
         check(self.max_steps is None or (is_whole(self.max_steps) and self.max_steps >= 1), "max_steps", "a whole number >= 1")
+        check(self.sparsity_weighting in SPARSITY_WEIGHTINGS, "sparsity_weighting", " or ".join(repr(name) for name in SPARSITY_WEIGHTINGS))
         check(not isinstance(self.sparsity_layers, str) or self.sparsity_layers in SPARSITY_LAYER_SETS, "sparsity_layers", f"one of {SPARSITY_LAYER_SETS} or a list of layers")
 
     def to_dict(self) -> dict:

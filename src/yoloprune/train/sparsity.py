@@ -10,6 +10,18 @@ Layer sets (`resolve_sparsity_layers`):
 - "safe": the seed's prunable set (`darknet.graph.safe_prunable_conv_indices`): BN convs that feed
   no [shortcut] and are not the convs right before an [upsample].
 
+Weighting (`sparsity_weighting="macs"`, `macs_sparsity_weights`): network slimming prunes by one
+global |γ| threshold, so a uniform s empties cheap and expensive layers alike; but in the demo's
+cfg at 128 px a channel of the first conv costs 170 times what one of the last 1x1 convs does. Scaling each layer's s
+by what one of its channels costs pushes the penalty where removing channels saves the most MACs.
+A channel's cost is what pruning it saves: its own filter (the conv's MACs / filters) plus its
+input slice in every conv that reads it, directly or through routes, shortcuts, upsamples and
+maxpools (that conv's MACs / its input channels, once per time it reads the channel). Convs summed
+by shortcuts share their channels (`darknet.graph.ChannelGroup`), so the slices read from such a set
+are split evenly among its convs: a set's weights add up to what removing one of its channels saves.
+The weights are normalised to mean 1 over the penalised channels, so at uniform |γ| the total
+penalty s·Σ w·|γ| is that of the unweighted run and s keeps its meaning.
+
 Schedule (`sparsity_at_epoch`): constant s (the seed), or with `decay_fraction=F` s is multiplied by
 `decay_factor` (default 0.01) from epoch ⌊F·epochs⌋ on: the penalty has by then pushed the
 unimportant γ towards zero, and the remaining epochs recover accuracy under a much weaker pull.
@@ -23,8 +35,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from yoloprune.darknet.cfg import DarknetCfg
-from yoloprune.darknet.graph import bn_conv_indices, safe_prunable_conv_indices
+from yoloprune.darknet.cfg import ConvBlock, DarknetCfg
+from yoloprune.darknet.graph import analyze_graph, bn_conv_indices, conv_macs, infer_output_hw, safe_prunable_conv_indices
 from yoloprune.train.settings import SPARSITY_LAYER_SETS
 
 GAMMA_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -53,14 +65,47 @@ def _bn(model: nn.Module, layer_idx: int) -> nn.BatchNorm2d:
     return model.layers[layer_idx].bn
 
 
-def apply_bn_sparsity(model: nn.Module, s: float, layer_indices: Sequence[int]) -> None:
-    """Add `s·sign(γ)` to γ.grad of the BN layers at `layer_indices` (the L1 subgradient)."""
+def channel_macs(cfg: DarknetCfg, img_size: int) -> dict[int, float]:
+    """Per conv: the MACs removing one of its output channels saves at `img_size` (module docstring)."""
+    sizes = infer_output_hw(cfg, (img_size, img_size))
+    graph = analyze_graph(cfg)
+    convs = [idx for idx, block in enumerate(cfg.layers) if isinstance(block, ConvBlock)]
+    macs = {idx: conv_macs(cfg.layers[idx], cfg.in_channels(idx), sizes[idx]) for idx in convs}
+    read: dict[int, float] = {}  # channel set (root conv) -> MACs of its input slices in the convs reading it
+    for idx in convs:
+        source = cfg.inputs_of(idx)[0]
+        if source < 0:
+            continue  # reads the image
+        per_input_channel = macs[idx] / cfg.in_channels(idx)
+        for span in graph.channel_maps[source]:
+            if span.group >= 0:
+                read[span.group] = read.get(span.group, 0.0) + span.size * per_input_channel
+    costs = {}
+    for idx in convs:
+        group = graph.group_for(idx)
+        costs[idx] = macs[idx] / cfg.layers[idx].filters + read.get(group.root, 0.0) / group.channels / len(group.convs)
+    return costs
+
+
+def macs_sparsity_weights(cfg: DarknetCfg, layer_indices: Sequence[int], img_size: int) -> dict[int, float]:
+    """Per penalised layer: s's multiplier, proportional to `channel_macs`, with mean 1 over the
+    penalised channels (each layer counts once per channel)."""
+    costs = channel_macs(cfg, img_size)
+    channels = {idx: cfg.layers[idx].filters for idx in layer_indices}
+    total = sum(channels.values())
+    mean = sum(costs[idx] * n for idx, n in channels.items()) / total if total else 0.0
+    return {idx: costs[idx] / mean for idx in layer_indices}
+
+
+def apply_bn_sparsity(model: nn.Module, s: float, layer_indices: Sequence[int], weights: dict[int, float] | None = None) -> None:
+    """Add `s·w·sign(γ)` to γ.grad of the BN layers at `layer_indices` (the L1 subgradient), with w
+    the layer's weight in `weights` (`macs_sparsity_weights`), or 1 without."""
     if s == 0:
         return
     with torch.no_grad():
         for layer_idx in layer_indices:
             gamma = _bn(model, layer_idx).weight
-            step = s * torch.sign(gamma)
+            step = s * (1.0 if weights is None else weights[layer_idx]) * torch.sign(gamma)
             if gamma.grad is None:
                 gamma.grad = step.clone()
             else:

@@ -53,7 +53,13 @@ from yoloprune.train.loss import LossWeights, YoloLoss
 from yoloprune.train.metrics import EpochMeter, write_metrics_csv
 from yoloprune.train.optim import build_optimizer, build_param_groups, build_scheduler
 from yoloprune.train.settings import TrainSettings
-from yoloprune.train.sparsity import apply_bn_sparsity, resolve_sparsity_layers, sparsity_at_epoch, summarize_gammas
+from yoloprune.train.sparsity import (
+    apply_bn_sparsity,
+    macs_sparsity_weights,
+    resolve_sparsity_layers,
+    sparsity_at_epoch,
+    summarize_gammas,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +150,17 @@ class Trainer:
         self.model.to(self.device)
         self.img_size = settings.img_size or self.bare_model.cfg.net.width
         self.sparsity_layers = resolve_sparsity_layers(self.bare_model.cfg, settings.sparsity_layers)
+        # From the cfg at the training size, once: the costs do not change while the widths do not.
+        self.sparsity_weights = None
+        if settings.sparsity_weighting == "macs" and self.sparsity_layers:
+            self.sparsity_weights = macs_sparsity_weights(self.bare_model.cfg, self.sparsity_layers, self.img_size)
+            log.info("sparsity weighted by MACs per channel: weights %.3g to %.3g (mean 1 over the penalised channels)",
+                     min(self.sparsity_weights.values()), max(self.sparsity_weights.values()))
         if settings.teacher_weights is not None:
             self._add_distillation()
-        self.loss_fn = YoloLoss.for_model(self.bare_model, weights=LossWeights(**settings.loss_weights), **settings.loss_options)
+        self.loss_fn = YoloLoss.for_model(
+            self.bare_model, weights=LossWeights(**settings.loss_weights), **{"neighbour_cells": settings.neighbour_cells, **settings.loss_options},
+        )
         self._build_loaders()
         self._build_optimizer()
         self.use_amp = settings.amp and self.device.type == "cuda"
@@ -323,7 +337,7 @@ class Trainer:
             # Clip the task gradient only. The loss is a sum over the batch, so clipping is active
             # on most steps; applied after the penalty it would scale s down with it.
             nn.utils.clip_grad_norm_(self.bare_model.parameters(), self.settings.grad_clip)
-        apply_bn_sparsity(self.bare_model, sparsity, self.sparsity_layers)
+        apply_bn_sparsity(self.bare_model, sparsity, self.sparsity_layers, self.sparsity_weights)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

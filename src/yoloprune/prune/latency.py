@@ -1,0 +1,110 @@
+"""What one channel set costs in predicted latency, for the latency budget of `prune.channel`.
+
+A unit (a channel set pruned together) keeping c of its P positions changes the channel counts of
+its own convs (outputs), of the convs that read it (inputs) and of the pass-through layers
+between (shortcuts, routes, upsamples, maxpools); every such count is linear in c. `UnitLatency`
+finds those layers once, by comparing the cfg with the unit at P and at P - 1 positions, and then
+prices any c from the latency table without building a cfg: the predicted ms of those layers with
+the unit at c and every other unit at its full width. That is the local view the ranking and the
+rounding need; the budget itself is always checked on the whole pruned cfg (`LatencyTable.predict`).
+
+`latency_table_for` finds the table a pruning run uses and `measure_latency` checks its prediction
+on the compact model afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from yoloprune.bench.latency_shapes import CHANNEL_BLOCK, layer_costs
+from yoloprune.bench.latency_table import LatencyTable
+from yoloprune.darknet.cfg import DarknetCfg
+from yoloprune.darknet.edit import build_pruned_cfg
+from yoloprune.darknet.graph import ResidualBlock
+
+log = logging.getLogger(__name__)
+
+
+class UnitLatency:
+    """Predicted ms of the layers a unit's width reaches, as a function of the positions it keeps."""
+
+    def __init__(self, table: LatencyTable, cfg: DarknetCfg, convs: tuple[int, ...], parts: int, positions: int, removed_blocks: list[ResidualBlock]):
+        self.table, self.positions = table, positions
+        hw = (table.img_size, table.img_size)
+        base = layer_costs(build_pruned_cfg(cfg, {}, removed_blocks), hw)
+        self._terms = []  # (grid, channels at full width, channels lost per position removed)
+        if positions > 1:
+            narrower = layer_costs(build_pruned_cfg(cfg, {idx: (positions - 1) * parts for idx in convs}, removed_blocks), hw)
+            for full, less in zip(base, narrower):
+                if full.channels != less.channels:
+                    per_position = tuple(a - b for a, b in zip(full.channels, less.channels))
+                    self._terms.append((table.grids[full.shape.key], full.channels, per_position))
+        self._memo: dict[int, float] = {}
+
+    def ms(self, kept: int) -> float:
+        """Predicted ms of the reached layers with `kept` positions (1 <= kept <= positions)."""
+        if kept not in self._memo:
+            gone = self.positions - kept
+            self._memo[kept] = sum(grid.at(tuple(c - d * gone for c, d in zip(channels, lost))) for grid, channels, lost in self._terms)
+        return self._memo[kept]
+
+    def saving_per_position(self, min_keep: int) -> float:
+        """Predicted ms saved per position removed, over the first channel block (or as far as
+        `min_keep` allows): the table's local slope at the full width; 0 where it predicts no saving."""
+        step = min(CHANNEL_BLOCK, self.positions - min_keep)
+        if step <= 0:
+            return 0.0
+        return max(self.ms(self.positions) - self.ms(self.positions - step), 0.0) / step
+
+    def fastest_count(self, keep: int, round_to: int) -> int:
+        """The count from `keep` up to the end of its rounding step (`round_to`, or one channel
+        block when that is 1) that the table predicts fastest; among equals the larger, whose extra
+        channels then cost nothing. So a count is never one the table predicts slower than the
+        next multiple of the block above it."""
+        step = round_to if round_to > 1 else CHANNEL_BLOCK
+        top = min(self.positions, math.ceil(keep / step) * step)
+        return min(range(keep, top + 1), key=lambda count: (self.ms(count), -count))
+
+
+def latency_table_for(cfg: DarknetCfg, img_size: int, runtime: str | None, table_path: str | None, progress: bool = True) -> LatencyTable:
+    """The table a latency budget uses: the one at `table_path`, checked against the run (its
+    runtime, unless `runtime` says another, and its input size), or else the cached or newly
+    built one for `cfg` at `img_size` in `runtime` (default ort) with torch's current thread count."""
+    import torch
+
+    from yoloprune.bench.latency_table import LatencyTableError, cached_table, cpu_model
+
+    if table_path is None:
+        return cached_table(cfg, img_size, runtime or "ort", torch.get_num_threads(), progress=progress)
+    table = LatencyTable.load(table_path)
+    if runtime is not None and table.runtime != runtime:
+        raise LatencyTableError(f"measured in {table.runtime}, not in {runtime} (`runtime`)", table_path)
+    if table.img_size != img_size:
+        raise LatencyTableError(f"measured at {table.img_size} px inputs, the pruning runs at {img_size} px (`img_size`)", table_path)
+    if table.key.get("cpu") != cpu_model():
+        log.warning("%s was measured on %s, this machine is %s: its predictions may not hold here", table_path, table.key.get("cpu"), cpu_model())
+    table.predict(cfg)  # one clear error now if it is another cfg's table
+    return table
+
+
+def measure_latency(model, pruned, table: LatencyTable, runs: int = 10, warmup: int = 3, repeats: int = 3) -> dict:
+    """The original and the compact model timed interleaved in the table's runtime with its thread
+    count (`bench.benchmark.time_in_runtime`), in `repeats` series of `runs` runs each, beside what
+    the table predicts for each. The measured ratio is the median of the series' ratios of medians:
+    on a shared machine one busy series then cannot decide it."""
+    from statistics import median
+
+    from yoloprune.bench.benchmark import time_in_runtime
+
+    before, after, ratios = [], [], []
+    for times in time_in_runtime({"original": model, "pruned": pruned}, table.runtime, table.img_size, table.threads, runs, warmup, repeats):
+        before += times["original"]
+        after += times["pruned"]
+        ratios.append(median(times["pruned"]) / median(times["original"]))
+    predicted_before, predicted_after = table.predict(model.cfg), table.predict(pruned.cfg)
+    return {
+        "runtime": table.runtime, "threads": table.threads, "runs": runs * repeats, "table": str(table.path) if table.path else None,
+        "predicted_ms_before": predicted_before, "predicted_ms_after": predicted_after, "predicted_ratio": predicted_after / predicted_before,
+        "measured_ms_before": median(before), "measured_ms_after": median(after), "measured_ratio": median(ratios),
+    }
