@@ -87,7 +87,7 @@ def test_two_rounds_land_on_the_target_and_record_each_round(inputs, tmp_path, c
 
 
 def test_a_round_below_the_tolerance_ends_the_run_with_the_round_before(inputs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("yoloprune.prune.slim.validation_scorer", macs_fraction_scorer)
+    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
     out = tmp_path / "slim"
     # round 1 keeps 0.5 of the MACs (score 1 -> 0.5: within 0.6), round 2 keeps 0.25 (a drop of 0.75)
     assert main(slim_args(inputs, out, "--target-flops", "0.25", "--max-map-drop", "0.6")) == 0
@@ -151,7 +151,7 @@ def test_a_folder_with_other_files_is_refused_untouched(inputs, tmp_path, capsys
 def test_a_map_search_that_removes_almost_nothing_ends_the_run(inputs, tmp_path, capsys, monkeypatch):
     """Without a MACs target, a round prunes as far as `--max-map-drop` allows against its input; a
     tolerance so small that the search keeps over 99 % of the MACs leaves nothing to slim."""
-    monkeypatch.setattr("yoloprune.prune.slim.validation_scorer", macs_fraction_scorer)
+    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
     monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", macs_fraction_scorer)
     out = tmp_path / "slim"
     capsys.readouterr()
@@ -167,7 +167,7 @@ def test_a_map_search_that_removes_almost_nothing_ends_the_run(inputs, tmp_path,
 def test_map_search_rounds_stop_at_the_first_round_below_the_tolerance(inputs, tmp_path, monkeypatch):
     """Each round's search takes the tolerance from its input model; the check after finetuning
     measures from the original, so the drops add up and round 2 fails (scores: MACs fractions)."""
-    monkeypatch.setattr("yoloprune.prune.slim.validation_scorer", macs_fraction_scorer)
+    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
     monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", macs_fraction_scorer)
     out = tmp_path / "slim"
     assert main(slim_args(inputs, out, "--max-map-drop", "0.3", "--auto-steps", "4")) == 0

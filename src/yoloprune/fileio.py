@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def fsync_file(path: str | Path) -> None:
@@ -112,3 +112,22 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def check_replaceable_folder(out_dir: Path, is_own: Callable[[Path], bool], command: str) -> None:
+    """Refuse an output folder that `atomic_directory` could not replace without deleting the user's
+    own files: something that is not a folder, or a folder holding an entry `is_own` does not
+    recognise as a previous `command` run's output. Raises YoloPruneError naming up to five of them."""
+    from yoloprune.errors import YoloPruneError
+
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise YoloPruneError(f"{out_dir}: the output path exists and is not a folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not is_own(p))
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise YoloPruneError(
+            f"{out_dir}: not replacing this output folder, it holds files {command} did not write ({listed}); "
+            "move them or choose another --out"
+        )

@@ -103,6 +103,14 @@ def _default_of(field: dataclasses.Field) -> Any:
     return None
 
 
+def field_defaults(settings) -> dict[str, Any]:
+    """The default value of every field of a settings dataclass (or instance) that has one."""
+    return {
+        field.name: _default_of(field) for field in dataclasses.fields(settings)
+        if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    }
+
+
 def _required(field: dataclasses.Field) -> bool:
     """A field without a default must be given; `option(required=True)` asks the same of the command
     line for a field that has a default for library callers."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yoloprune.bench.profile import Latency, profile_model, time_interleaved, torch_runner
+from yoloprune.bench.profile import Latency, profile_model, time_interleaved, torch_runner, torch_threads
 from yoloprune.bench.settings import BenchSettings
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, is_checkpoint_path
@@ -110,10 +110,7 @@ def benchmark_models(specs: list[ModelSpec] | list[tuple[str, Darknet]], setting
     unknown = sorted(set(settings.int8) - {name for name, _ in models} - {"all"})
     if unknown:
         raise SettingsError("int8", f"no model named {', '.join(unknown)}; the models are {', '.join(name for name, _ in models)}")
-    previous_threads = torch.get_num_threads()
-    threads = settings.threads or previous_threads
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(settings.threads) as threads:
         with tempfile.TemporaryDirectory(prefix="yoloprune-bench-") as tmp:
             results, scored = _time_models(models, settings, threads, Path(tmp))
             split = images = None
@@ -127,8 +124,6 @@ def benchmark_models(specs: list[ModelSpec] | list[tuple[str, Darknet]], setting
             if bench.map50 is not None and base.map50 is not None:
                 bench.ratios["map50_delta"] = bench.map50 - base.map50
         return BenchResult(settings.img_size, threads, settings.runs, "cpu", results, split, images)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _time_models(
@@ -138,10 +133,10 @@ def _time_models(
     exports `settings.int8` asks for, written into `tmp`), timed interleaved. Returns the rows and,
     row for row, the model each is scored with (a `Darknet`, or an INT8 ONNX Runtime model)."""
     from yoloprune.eval.runtimes import OnnxRuntimeModel
-    from yoloprune.export.onnx import create_ort_session, export_onnx
+    from yoloprune.export.onnx import create_ort_session
 
     img_size = settings.img_size
-    x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    x = _timing_input(img_size)
     results, scored = [], []
     torch_runners, ort_runners = {}, {}
     for index, (name, model) in enumerate(models):
@@ -150,9 +145,8 @@ def _time_models(
         results.append(ModelBench(name, profile.params, profile.size_mb, profile.gmacs, profile.bflops, 0.0, 0.0))
         scored.append(model)
         onnx_path = tmp / f"model{index}.onnx"
-        export_onnx(model, onnx_path, img_size)
         torch_runners[name] = torch_runner(model, x)
-        ort_runners[name] = _ort_runner(create_ort_session(onnx_path, threads), x.numpy())
+        ort_runners[name] = _exported_runner(model, onnx_path, x, threads)
         if name in settings.int8 or "all" in settings.int8:
             int8_path = _quantize(onnx_path, settings)
             int8_name = f"{name} int8"
@@ -185,25 +179,30 @@ def time_in_runtime(
     """Wall times (ms) of each model in one runtime, batch 1, timed interleaved as `bench` times them:
     "ort" runs its ONNX export in ONNX Runtime (sessions as `bench` opens them), "torch" the model.
     One dict of times per repeat (`repeats` series of `runs` runs, each after `warmup`)."""
+    x = _timing_input(img_size)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="yoloprune-latency-") as tmp:
+        runners = {}
+        for i, (name, model) in enumerate(models.items()):
+            if runtime == "torch":
+                runners[name] = torch_runner(model, x)
+            else:
+                runners[name] = _exported_runner(model, Path(tmp) / f"model{i}.onnx", x, threads, check=False)
+        return [time_interleaved(runners, runs, warmup) for _ in range(repeats)]
+
+
+def _timing_input(img_size: int) -> torch.Tensor:
+    """The batch-1 input every model is timed on (seeded: the same pixels for every model and run)."""
+    return torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+
+
+def _exported_runner(model: Darknet, path: Path, x: torch.Tensor, threads: int, check: bool = True):
+    """`model` exported to ONNX at `path` (checked against PyTorch unless `check=False`) and run in
+    an ONNX Runtime session opened as `bench` opens them (no thread spinning)."""
     from yoloprune.export.onnx import create_ort_session, export_onnx
 
-    x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="yoloprune-latency-") as tmp:
-            runners = {}
-            for i, (name, model) in enumerate(models.items()):
-                model.eval()
-                if runtime == "torch":
-                    runners[name] = torch_runner(model, x)
-                else:
-                    path = Path(tmp) / f"model{i}.onnx"
-                    export_onnx(model, path, img_size, check=False)
-                    runners[name] = _ort_runner(create_ort_session(path, threads), x.numpy())
-            return [time_interleaved(runners, runs, warmup) for _ in range(repeats)]
-    finally:
-        torch.set_num_threads(previous_threads)
+    model.eval()
+    export_onnx(model, path, x.shape[-1], check=check)
+    return _ort_runner(create_ort_session(path, threads), x.numpy())
 
 
 def _add_map(results: list[ModelBench], models, settings: BenchSettings, progress: bool) -> tuple[str, int]:

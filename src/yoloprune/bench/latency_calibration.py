@@ -22,11 +22,10 @@ compares whole-model latencies.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable
 
-from yoloprune.bench.latency_shapes import CHANNEL_BLOCK
+from yoloprune.bench.latency_shapes import CHANNEL_BLOCK, round_up
 from yoloprune.darknet.cfg import DarknetCfg
 from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.graph import analyze_graph
@@ -86,8 +85,8 @@ def narrowed_cfg(cfg: DarknetCfg, width: float) -> DarknetCfg:
     filters = {}
     for group in analyze_graph(cfg).prunable_groups():
         per_part = group.channels // group.parts
-        blocks = max(1, math.ceil(width * per_part / CHANNEL_BLOCK))
-        filters.update({idx: min(per_part, blocks * CHANNEL_BLOCK) * group.parts for idx in group.convs})
+        positions = min(per_part, max(CHANNEL_BLOCK, round_up(width * per_part)))
+        filters.update({idx: positions * group.parts for idx in group.convs})
     return build_pruned_cfg(cfg, filters)
 
 

@@ -226,19 +226,17 @@ class RuntimeTimer:
         return self._time_ort(shape, channels, bound)
 
     def _time_torch(self, shape: Shape, channels: tuple[int, ...]) -> float:
+        from yoloprune.bench.profile import torch_threads
+
         module, input_shapes = layer_module(shape, channels)
         inputs = self._inputs(input_shapes)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
 
         def run():
             with torch.inference_mode():
                 return module(*inputs)
 
-        try:
+        with torch_threads(self.threads):
             return median_ms(run, min_seconds=self.min_seconds)
-        finally:
-            torch.set_num_threads(previous)
 
     def _time_ort(self, shape: Shape, channels: tuple[int, ...], bound: bool) -> float:
         import onnx
@@ -290,10 +288,11 @@ def time_whole_models(cfgs: dict, runtime: str, img_size: int, threads: int, run
     times models, in `repeats` series: the first cfg's median over all runs, the others that times
     the median over the series of their ratio to it (a busy series then sways no ratio)."""
     from yoloprune.bench.benchmark import time_in_runtime
+    from yoloprune.bench.profile import series_ratios
     from yoloprune.darknet.model import Darknet
 
     models = {name: Darknet(cfg).eval() for name, cfg in cfgs.items()}
     series = time_in_runtime(models, runtime, img_size, threads, runs, warmup=3, repeats=repeats)
     first = next(iter(models))
     reference = median(t for times in series for t in times[first])
-    return {name: reference * median(median(times[name]) / median(times[first]) for times in series) for name in models}
+    return {name: reference * ratio for name, ratio in series_ratios(series, first).items()}

@@ -11,11 +11,12 @@ every layer's `l.bflops`): `bflops` plus the few non-conv layers darknet also co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 import torch
 from torch import nn
@@ -190,6 +191,29 @@ def time_interleaved(runners: dict[str, Callable[[], object]], runs: int = 20, w
     return times
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with `threads` torch threads (None: as set), restoring the previous count after;
+    yields the count in force."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def series_ratios(series: list[dict[str, list[float]]], reference: str) -> dict[str, float]:
+    """Each runner's latency as a ratio to `reference`'s, from several interleaved series (as
+    `time_interleaved` returns them): per series the ratio of the medians, then the median over
+    the series, so that one busy series on a shared machine cannot decide it."""
+    return {
+        name: statistics.median(statistics.median(times[name]) / statistics.median(times[reference]) for times in series)
+        for name in series[0]
+    }
+
+
 def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """A no-grad eval-mode forward that waits for the device to finish."""
     model.eval()
@@ -213,13 +237,8 @@ def measure_latency(
     threads: int | None = None,
 ) -> Latency:
     """Inference latency of `model` (eval mode, batch of random images), median over `runs` after `warmup`."""
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads) as used:
         device = next(model.parameters()).device
         x = torch.rand(batch, 3, *as_hw(img_size), device=device)
         times = time_interleaved({"model": torch_runner(model, x)}, runs, warmup)["model"]
-        return Latency.from_times(times, torch.get_num_threads(), batch)
-    finally:
-        torch.set_num_threads(previous_threads)
+        return Latency.from_times(times, used, batch)

@@ -94,12 +94,10 @@ def _calibration_batches(validator: Validator, settings: CompareSettings, img_si
 
 def compare_pruners(settings: CompareSettings) -> CompareResult:
     """Every pruner at every budget of `settings`, scored without and with BN re-calibration."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads or previous_threads)
-    try:
+    from yoloprune.bench.profile import torch_threads
+
+    with torch_threads(settings.threads):
         return _compare(settings)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _compare(settings: CompareSettings) -> CompareResult:

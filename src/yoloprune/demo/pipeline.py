@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from yoloprune.bench.settings import BenchSettings
@@ -34,7 +34,7 @@ from yoloprune.demo.profiles import PROFILES, DemoProfile
 from yoloprune.eval.settings import EvalSettings
 from yoloprune.fileio import atomic_write_text
 from yoloprune.prune.settings import PruneSettings
-from yoloprune.settings import to_arguments
+from yoloprune.settings import field_defaults, to_arguments
 from yoloprune.stage import Stage
 from yoloprune.train.settings import TrainSettings
 
@@ -60,17 +60,6 @@ def _fingerprint(settings, exclude: tuple[str, ...] = ("out", "resume")) -> dict
     return {key: value for key, value in asdict(settings).items() if key not in exclude}
 
 
-def _defaults(settings) -> dict:
-    """The default value of every field of a settings dataclass that has one."""
-    values = {}
-    for item in fields(settings):
-        if item.default is not MISSING:
-            values[item.name] = item.default
-        elif item.default_factory is not MISSING:
-            values[item.name] = item.default_factory()
-    return values
-
-
 class DemoPipeline:
     """The stages of one demo run; each records the command line that reproduces it in `commands`."""
 
@@ -94,7 +83,7 @@ class DemoPipeline:
             out=str(self.out / "data"), train=p.train_images, val=p.val_images, test=p.test_images, img_size=p.img_size,
             max_hands=p.max_hands, min_hand_scale=p.min_hand_scale, max_distractors=p.max_distractors,
         )
-        stage = Stage("data", settings.out, _fingerprint(settings), defaults=_defaults(settings))
+        stage = Stage("data", settings.out, _fingerprint(settings), defaults=field_defaults(settings))
         if stage.prepare():
             log.info("[1/%d] reusing the dataset in %s", STAGES, settings.out)
         else:
@@ -123,7 +112,7 @@ class DemoPipeline:
         started afresh otherwise."""
         from yoloprune.train.trainer import train
 
-        stage = Stage(name, settings.out, _fingerprint(settings), {**inputs, "data": self.data_record}, _defaults(settings))
+        stage = Stage(name, settings.out, _fingerprint(settings), {**inputs, "data": self.data_record}, field_defaults(settings))
         resumable = stage.prepare() and (Path(settings.out) / "last.pt").exists()
         stage.record()
         self.commands.append(command_line("train", settings, exclude=("resume",)))
@@ -137,7 +126,7 @@ class DemoPipeline:
         from yoloprune.prune.run import run_pruning
 
         out = self.out / "prune"
-        stage = Stage("prune", out, asdict(settings), {"weights": weights, "data": self.data_record}, _defaults(settings))
+        stage = Stage("prune", out, asdict(settings), {"weights": weights, "data": self.data_record}, field_defaults(settings))
         if stage.prepare():
             log.info("[4/%d] reusing the pruned model in %s", STAGES, out)
         else:

@@ -96,15 +96,14 @@ def measure_latency(model, pruned, table: LatencyTable, runs: int = 10, warmup: 
     from statistics import median
 
     from yoloprune.bench.benchmark import time_in_runtime
+    from yoloprune.bench.profile import series_ratios
 
-    before, after, ratios = [], [], []
-    for times in time_in_runtime({"original": model, "pruned": pruned}, table.runtime, table.img_size, table.threads, runs, warmup, repeats):
-        before += times["original"]
-        after += times["pruned"]
-        ratios.append(median(times["pruned"]) / median(times["original"]))
+    series = time_in_runtime({"original": model, "pruned": pruned}, table.runtime, table.img_size, table.threads, runs, warmup, repeats)
+    before = [t for times in series for t in times["original"]]
+    after = [t for times in series for t in times["pruned"]]
     predicted_before, predicted_after = table.predict(model.cfg), table.predict(pruned.cfg)
     return {
         "runtime": table.runtime, "threads": table.threads, "runs": runs * repeats, "table": str(table.path) if table.path else None,
         "predicted_ms_before": predicted_before, "predicted_ms_after": predicted_after, "predicted_ratio": predicted_after / predicted_before,
-        "measured_ms_before": median(before), "measured_ms_after": median(after), "measured_ratio": median(ratios),
+        "measured_ms_before": median(before), "measured_ms_after": median(after), "measured_ratio": series_ratios(series, "original")["pruned"],
     }

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from yoloprune.darknet.model import Darknet
-from yoloprune.errors import YoloPruneError
-from yoloprune.fileio import atomic_directory
+from yoloprune.fileio import atomic_directory, check_replaceable_folder
 from yoloprune.prune.apply import prune_model, zero_removed_gammas
 from yoloprune.prune.auto import AutoPruneResult, as_map_scores, search_max_pruning
 from yoloprune.prune.channel import plan_channel_prune
@@ -60,9 +59,10 @@ def _make_recalibrator(settings: PruneSettings, img_size: int):
     return recalibrate
 
 
-def make_map_evaluator(settings: PruneSettings, img_size: int):
+def make_map_evaluator(settings, img_size: int):
     """(mAP@0.5, mAP@0.5:0.95) on the valid split of `settings.data`, from one pass, as a function of
-    the model (the search chooses by them, so it never reads the test split)."""
+    the model (the search and slim's checks choose by them, so they never read the test split).
+    `settings`: a `PruneSettings` or `SlimSettings` (its data, batch, workers and device)."""
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
@@ -89,17 +89,7 @@ def _apply(model: Darknet, plan: PrunePlan, evaluate, recalibrate) -> tuple[Dark
 def check_output_folder(out_dir: Path) -> None:
     """Refuse an output folder that a run could not replace without deleting the user's own files:
     one holding anything but the files of `OUTPUT_FILES`, or something that is not a folder."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise YoloPruneError(f"{out_dir}: the output path exists and is not a folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_FILES or not p.is_file())
-    if foreign:
-        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise YoloPruneError(
-            f"{out_dir}: not replacing this output folder, it holds files prune did not write ({listed}); "
-            "move them or choose another --out"
-        )
+    check_replaceable_folder(out_dir, lambda p: p.name in OUTPUT_FILES and p.is_file(), "prune")
 
 
 def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, source: str | None = None) -> PruneOutcome:

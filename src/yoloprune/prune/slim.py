@@ -5,7 +5,7 @@ Pruning far in one step removes channels whose loss the network could have absor
 finetuned in between; in rounds, each search ranks the channels of a model that has adapted to the
 previous cut. Every round reuses the one pruning run (`prune.run.run_pruning`: plan, fold, BN
 re-calibration, outputs) and the one trainer (`train.trainer.train`, distilled from the ORIGINAL
-model, not the previous round's), and scores on the validation split (`validation_scorer`,
+model, not the previous round's), and scores on the validation split (`prune.run.make_map_evaluator`,
 one `eval.validator.Validator` pass).
 
 How much a round removes:
@@ -41,9 +41,9 @@ from yoloprune.darknet.graph import count_cfg_macs, count_cfg_params
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
 from yoloprune.errors import YoloPruneError
-from yoloprune.fileio import atomic_directory, atomic_write_text
+from yoloprune.fileio import atomic_directory, atomic_write_text, check_replaceable_folder
 from yoloprune.prune.auto import as_map_scores
-from yoloprune.prune.run import run_pruning
+from yoloprune.prune.run import make_map_evaluator, run_pruning
 from yoloprune.prune.settings import PruneSettings
 from yoloprune.prune.slim_settings import SlimSettings
 from yoloprune.settings import resolve_device
@@ -98,27 +98,7 @@ class SlimResult:
 def check_slim_folder(out_dir: Path) -> None:
     """Refuse an output folder that a run could not replace without deleting the user's own files:
     one holding anything but a slim run's top-level files and roundN folders."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise YoloPruneError(f"{out_dir}: the output path exists and is not a folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if not ((p.name in SLIM_FILES and p.is_file()) or _is_round_folder(p)))
-    if foreign:
-        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise YoloPruneError(
-            f"{out_dir}: not replacing this output folder, it holds files slim did not write ({listed}); "
-            "move them or choose another --out"
-        )
-
-
-def validation_scorer(settings: SlimSettings, img_size: int):
-    """(mAP@0.5, mAP@0.5:0.95) on the valid split, from one pass, as a function of the model: one
-    loader for every score of the run, and the split the checks choose by (never test)."""
-    from yoloprune.eval.settings import EvalSettings
-    from yoloprune.eval.validator import Validator
-
-    evaluation = EvalSettings(data=settings.data, split="valid", intervals=False, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
-    return Validator(evaluation, progress=False).maps
+    check_replaceable_folder(out_dir, lambda p: (p.name in SLIM_FILES and p.is_file()) or _is_round_folder(p), "slim")
 
 
 def _is_round_folder(path: Path) -> bool:
@@ -139,7 +119,7 @@ class _Slimmer:
         self.img_size = settings.img_size or self.original.cfg.net.width
         self.macs0 = count_cfg_macs(self.original.cfg, self.img_size)
         self.params0 = count_cfg_params(self.original.cfg)
-        self.evaluate = validation_scorer(settings, self.img_size)
+        self.evaluate = make_map_evaluator(settings, self.img_size)  # one loader for every score of the run
         self.rounds: list[SlimRound] = []
 
     def prune_settings(self, target_flops: float | None, layers: int | str) -> PruneSettings:
