@@ -37,3 +37,11 @@ def seeded_random_state():
     random.seed(TEST_SEED)
     np.random.seed(TEST_SEED)
     torch.manual_seed(TEST_SEED)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A synthetic dataset of 8 train and 4 valid images at 64 px (two steps per epoch at batch 4)."""
+    from yoloprune.data.synth import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4, img_size=64, progress=False)

@@ -11,7 +11,7 @@ import pytest
 from yoloprune.cli import main
 from yoloprune.data.check import check_dataset
 from yoloprune.data.spec import label_path_for, load_data_spec, read_image_list, read_labels
-from yoloprune.data.synth import generate_synthetic_dataset, render_synthetic_image
+from yoloprune.data.synth import Scene, generate_synthetic_dataset, render_synthetic_image
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_max_distractors_bounds_the_look_alikes_drawn(monkeypatch, max_distracto
     monkeypatch.setattr(synth, "draw_distractor", counting)
     for index in range(40):
         drawn.append(0)
-        render_synthetic_image(np.random.default_rng([2, index]), 64, max_distractors=max_distractors)
+        render_synthetic_image(np.random.default_rng([2, index]), 64, Scene(max_distractors=max_distractors))
     assert max(drawn) <= max_distractors and min(drawn) == min(1, max_distractors)
     if max_distractors:
         assert max(drawn) == max_distractors  # 40 images reach the largest count
@@ -155,3 +155,46 @@ def test_synth_cli(tmp_path, capsys):
                  "--seed", "1"]) == 0
     assert "wrote 3 train + 2 val images" in capsys.readouterr().out
     assert len(read_image_list(tmp_path / "s" / "valid.txt")) == 2
+
+
+def _touches_border(boxes: np.ndarray, size: int) -> np.ndarray:
+    return (boxes[:, :2] <= 0).any(axis=1) | (boxes[:, 2:] >= size).any(axis=1)
+
+
+def test_hands_inside_keeps_every_box_off_the_border():
+    cut, inside_cut, boxes_inside = 0, 0, 0
+    for index in range(40):
+        rng_seed = [3, index]
+        _, boxes = render_synthetic_image(np.random.default_rng(rng_seed), 96)
+        _, inside = render_synthetic_image(np.random.default_rng(rng_seed), 96, Scene(hands_inside=True))
+        cut += int(_touches_border(boxes, 96).sum())
+        inside_cut += int(_touches_border(inside, 96).sum())
+        boxes_inside += len(inside)
+    assert cut > 0  # the default task does cut hands at the border, so the check below can fail
+    assert inside_cut == 0 and boxes_inside > 40
+
+
+def test_no_occlusion_draws_no_occluder(monkeypatch):
+    import yoloprune.data.synth as synth
+
+    calls = []
+    monkeypatch.setattr(synth, "draw_occluder", lambda *args, **kwargs: calls.append(1))
+    for index in range(30):
+        render_synthetic_image(np.random.default_rng([4, index]), 64)
+    assert calls  # the default task occludes some hands
+    calls.clear()
+    for index in range(30):
+        render_synthetic_image(np.random.default_rng([4, index]), 64, Scene(occlusion=0.0))
+    assert not calls
+
+
+def test_min_visible_only_drops_labels_of_the_same_image():
+    dropped = 0
+    for index in range(30):
+        image, boxes = render_synthetic_image(np.random.default_rng([5, index]), 96)
+        strict_image, strict = render_synthetic_image(np.random.default_rng([5, index]), 96, Scene(min_visible=0.95))
+        assert np.array_equal(image, strict_image)  # the knob changes the labels, not the drawing
+        kept = {tuple(box) for box in boxes.tolist()}
+        assert {tuple(box) for box in strict.tolist()} <= kept
+        dropped += len(boxes) - len(strict)
+    assert dropped > 0

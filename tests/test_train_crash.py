@@ -49,11 +49,8 @@ sys.exit(main(sys.argv[3:]))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from yoloprune.data.synth import generate_synthetic_dataset
-
-    # 8 images, batch 4: two steps per epoch
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("crash"), n_train=8, n_val=4, img_size=64, progress=False)
+def data(tiny_data) -> Path:
+    return tiny_data  # 8 images, batch 4: two steps per epoch
 
 
 def train_arguments(data: Path, out: Path) -> list[str]:

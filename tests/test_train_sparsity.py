@@ -214,3 +214,164 @@ def test_sparsity_weighting_is_a_checked_setting_that_a_resume_may_not_change(tm
     with pytest.raises(YoloPruneError, match="sparsity_weighting"):
         check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01), tmp_path / "last.pt")
     check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, sparsity_weighting="macs"), tmp_path / "last.pt")
+
+
+# ---------------------------------------------------------------------------------------------- latency weighting
+
+SCRIPTED_KEY = {"cpu": "scripted", "runtime": "ort", "runtime_version": "scripted", "threads": 1, "img_size": 64}
+
+
+def scripted_table(text: str, timer):
+    from yoloprune.bench.latency_table import build_table
+    from yoloprune.darknet.cfg import parse_cfg
+
+    cfg = parse_cfg(text)
+    return cfg, build_table(cfg, 64, timer, SCRIPTED_KEY, progress=False)
+
+
+@pytest.mark.parametrize("conv0_ms", [1e-3, 1e-2])
+def test_latency_weights_follow_the_hand_priced_table_rows(conv0_ms):
+    """conv0 (3x3, 3 -> 16) and conv1 (1x1, 16 -> 16) before the head (1x1, 16 -> 6) on a fake CPU
+    where a conv costs k·cin·cout ms, k per layer. Removing a channel of conv0 saves its own row
+    (k0·3) and conv1's input (k1·16); one of conv1 saves its row (k1·16) and the head's input (kh·6)."""
+    from helpers import cfg_text, conv
+    from yoloprune.bench.latency_shapes import ConvShape
+    from yoloprune.train.sparsity import latency_sparsity_weights
+
+    k1, kh = 1e-4, 2e-4
+
+    def timer(shape, channels):
+        if not isinstance(shape, ConvShape):
+            return 0.0
+        k = conv0_ms if shape.size == 3 else k1 if shape.batch_normalize else kh
+        return k * channels[0] * channels[1]
+
+    cfg, table = scripted_table(cfg_text(conv(16, 3), conv(16, 1)), timer)
+    saving = {0: conv0_ms * 3 + k1 * 16, 1: k1 * 16 + kh * 6}
+    mean = (16 * saving[0] + 16 * saving[1]) / 32  # both layers have 16 channels
+    weights = latency_sparsity_weights(cfg, [0, 1], table)
+    assert weights == pytest.approx({idx: saving[idx] / mean for idx in (0, 1)}, rel=1e-9)
+    # the conv whose rows cost 10 times more: its weight grows with its own row's share of the saving
+    assert weights[0] / weights[1] == pytest.approx((conv0_ms * 3 + k1 * 16) / (k1 * 16 + kh * 6), rel=1e-9)
+
+
+def multiply_add_timer(shape, channels):
+    """A fake CPU on which every conv costs 1 ns per multiply-add and nothing else costs anything."""
+    from yoloprune.bench.latency_shapes import ConvShape
+
+    if not isinstance(shape, ConvShape):
+        return 0.0
+    (h, w), (cin, cout) = shape.in_hw, channels
+    return 1e-6 * h * w / shape.stride**2 * cin * cout * shape.size**2
+
+
+@pytest.mark.parametrize("layer_set", ["all", "safe"])
+def test_latency_weights_are_the_macs_weights_on_a_table_that_times_multiply_adds(layer_set):
+    """With latency proportional to multiply-adds the table's savings are the MACs a channel costs,
+    split between the convs of a shortcut-coupled set the same way: the two weightings agree, with
+    the same normalisation (mean 1 over the penalised channels)."""
+    from helpers import cfg_text, conv
+    from yoloprune.train.sparsity import latency_sparsity_weights, macs_sparsity_weights
+
+    # conv1 and conv3 are summed by the shortcut (one channel set); every width is two channel blocks
+    # or more, so that the table's slope over the first block is that of the multiply-adds
+    text = cfg_text(conv(16, 3), conv(32, 3, stride=2), conv(16, 1), conv(32, 3), "[shortcut]\nfrom=-3\nactivation=linear\n", conv(16, 1))
+    cfg, table = scripted_table(text, multiply_add_timer)
+    layers = resolve_sparsity_layers(cfg, layer_set)
+    by_latency, by_macs = latency_sparsity_weights(cfg, layers, table), macs_sparsity_weights(cfg, layers, 64)
+    assert by_latency == pytest.approx(by_macs, rel=1e-9)
+    per_channel = [by_latency[idx] for idx in layers for _ in range(cfg.layers[idx].filters)]
+    assert sum(per_channel) / len(per_channel) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_a_table_that_predicts_no_saving_is_refused_naming_it(tmp_path):
+    from helpers import cfg_text, conv
+    from yoloprune.bench.latency_table import LatencyTableError
+    from yoloprune.train.sparsity import latency_sparsity_weights
+
+    cfg, table = scripted_table(cfg_text(conv(16, 3), conv(16, 1)), lambda shape, channels: 1.0)  # flat: no count is faster
+    table.save(tmp_path / "flat.json")
+    with pytest.raises(LatencyTableError, match="flat.json: predicts no saving"):
+        latency_sparsity_weights(cfg, [0, 1], table)
+
+
+# ---------------------------------------------------------------------------------------------- sparsity target
+
+
+def test_sparse_macs_share_is_the_hand_counted_cost_of_the_small_gammas():
+    from yoloprune.train.sparsity import channel_macs, sparse_macs_share
+
+    model = Darknet.from_text(costed_cfg_text())
+    layers = resolve_sparsity_layers(model.cfg, "all")
+    threshold = 0.03125  # a power of two: the same number as a float32 γ and as a Python float
+    with torch.no_grad():
+        for k, idx in enumerate(layers):
+            gamma = model.layers[idx].bn.weight
+            values = torch.linspace(-0.05, 0.05, gamma.numel()) * (k + 1) / 3  # both signs, more small ones early
+            values[0] = threshold  # exactly at the threshold: not below it
+            gamma.copy_(values)
+    costs = hand_channel_costs()
+    small = total = 0.0
+    for idx in layers:
+        for value in model.layers[idx].bn.weight.tolist():
+            total += costs[idx]
+            small += costs[idx] if abs(value) < threshold else 0.0
+    assert 0 < small < total
+    share = sparse_macs_share(model, layers, channel_macs(model.cfg, 64), threshold)
+    assert share == pytest.approx(small / total, rel=1e-12)
+
+
+def test_s_doubles_when_the_share_stalls_over_two_epochs_at_one_s():
+    """A scripted share path through the decision: gains under 0.01 over two epochs run at the
+    current s double s; an epoch still at the old s is waited for; the ceiling holds."""
+    from yoloprune.train.sparsity import adapt_sparsity
+
+    shares = [0.0, 0.004, 0.008, 0.03, 0.05, 0.055, 0.058, 0.06, 0.061, 0.062, 0.062, 0.063]
+    # by hand: after epoch 3 the gain over epochs 2-3 is 0.008 -> double; epochs 4-5 at 0.002 gain 0.042,
+    # 5-6 0.025: keep; 6-7 gain 0.008 -> 0.004; 8-9 gain 0.003 -> 0.008 = the ceiling (8 x 0.001), then held
+    expected = [0.001, 0.001, 0.001, 0.002, 0.002, 0.002, 0.002, 0.004, 0.004, 0.008, 0.008, 0.008]
+    s, path, used = 0.001, [], []
+    for share in shares:
+        used.append(s)
+        path.append((s, share))
+        s = adapt_sparsity(path, ceiling=0.008)
+    assert used == pytest.approx(expected)
+
+
+def test_s_never_goes_down():
+    from yoloprune.train.sparsity import adapt_sparsity
+
+    falling = [(0.01, 0.3), (0.01, 0.2), (0.01, 0.1)]  # a shrinking share is a stall too
+    assert adapt_sparsity(falling, ceiling=0.08) == 0.02
+    assert adapt_sparsity(falling, ceiling=0.01) == 0.01  # at the ceiling it stays
+    assert adapt_sparsity([(0.01, 0.0), (0.01, 0.0)], ceiling=0.08) == 0.01  # two epochs: no gain measurable yet
+
+
+@pytest.mark.parametrize(
+    "values, setting, text",
+    [
+        (dict(sparsity=0.01, sparsity_target=1.0), "sparsity_target", "a fraction in (0, 1)"),
+        (dict(sparsity=0.01, sparsity_target=0.0), "sparsity_target", "a fraction in (0, 1)"),
+        (dict(sparsity_target=0.5), "sparsity_target", "needs the penalty on"),
+        (dict(sparsity=0.01, sparsity_target=0.5, sparsity_decay=0.5), "sparsity_decay", "left out with `sparsity_target`"),
+        (dict(sparsity=0.01, sparsity_target=0.5, sparsity_max=0.001), "sparsity_max", ">= `sparsity` (0.01)"),
+        (dict(sparsity=0.01, sparsity_max=0.1), "sparsity_max", "given with `sparsity_target`"),
+        (dict(sparsity=0.01, sparsity_target=0.5, sparsity_target_threshold=0.0), "sparsity_target_threshold", "> 0"),
+        (dict(sparsity=0.01, sparsity_weighting="latency"), "latency_table", "needs a latency table"),
+        (dict(sparsity=0.01, latency_table="t.json"), "latency_table", "given with `sparsity_weighting` latency"),
+    ],
+)
+def test_target_and_latency_settings_are_checked(values, setting, text):
+    from yoloprune.errors import SettingsError
+    from yoloprune.train.settings import TrainSettings
+
+    with pytest.raises(SettingsError) as caught:
+        TrainSettings(**values)
+    assert caught.value.setting == setting and text in caught.value.reason
+
+
+def test_the_default_ceiling_is_eight_times_the_starting_s():
+    from yoloprune.train.settings import TrainSettings
+
+    assert TrainSettings(sparsity=0.002, sparsity_target=0.5).sparsity_ceiling == pytest.approx(0.016)
+    assert TrainSettings(sparsity=0.002, sparsity_target=0.5, sparsity_max=0.004).sparsity_ceiling == 0.004

@@ -18,13 +18,6 @@ from yoloprune.train.trainer import Trainer, TrainingDiverged, TrainingStopped, 
 NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from yoloprune.data.synth import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4, img_size=64, progress=False)
-
-
 def _settings(data: Path, out: Path, **changes) -> TrainSettings:
     values = dict(
         data=data, cfg=NANO_CFG, out=out, epochs=3, batch_size=4, img_size=64, augment=False,

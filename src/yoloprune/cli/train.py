@@ -71,6 +71,7 @@ def run_train(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if context.is_main:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if v is not None)
-        print(f"trained {result.epochs_completed} epoch(s){' (stopped early)' if result.stopped_early else ''}: {metrics or 'not evaluated'}")
+        ended = " (stopped early)" if result.stopped_early else " (sparsity target reached)" if result.target_reached else ""
+        print(f"trained {result.epochs_completed} epoch(s){ended}: {metrics or 'not evaluated'}")
         print(f"last: {result.last}" + (f"  best: {result.best}" if result.best else ""))
     return 0

@@ -20,6 +20,9 @@ class SynthSettings:
     max_hands: int = option(6, help="most hands in one image")
     min_hand_scale: float = option(0.05, help="smallest hand box side as a share of the image (larger = easier)")
     max_distractors: int = option(6, help="most look-alikes (faces, arms, skin blobs) in one image, at least 1 when > 0 (fewer = easier)")
+    occlusion: float = option(0.3, help="chance that an object is drawn across a hand (lower = easier)")
+    min_visible: float = option(0.3, help="share of a hand that must stay visible for it to be labelled")
+    hands_inside: bool = option(False, help="keep every hand whole inside the image (easier: none cut by the border)")
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "test"):
@@ -28,14 +31,20 @@ class SynthSettings:
         require(is_whole(self.max_hands) and self.max_hands >= 1, "max_hands", "a whole number >= 1", self.max_hands)
         require(is_whole(self.max_distractors) and self.max_distractors >= 0, "max_distractors", "a whole number >= 0", self.max_distractors)
         require(0 < self.min_hand_scale < 1, "min_hand_scale", "a share of the image in (0, 1)", self.min_hand_scale)
+        require(0 <= self.occlusion <= 1, "occlusion", "a probability in [0, 1]", self.occlusion)
+        require(0 < self.min_visible <= 1, "min_visible", "a share in (0, 1]", self.min_visible)
 
     def generate(self, progress: bool = True):
         """Write the dataset; returns the path of its `.data` file."""
-        from yoloprune.data.synth import generate_synthetic_dataset
+        from yoloprune.data.synth import Scene, generate_synthetic_dataset
 
+        scene = Scene(
+            max_hands=self.max_hands, min_hand_scale=self.min_hand_scale, max_distractors=self.max_distractors,
+            occlusion=self.occlusion, min_visible=self.min_visible, hands_inside=self.hands_inside,
+        )
         return generate_synthetic_dataset(
             self.out, n_train=self.train, n_val=self.val, n_test=self.test, img_size=self.img_size, seed=self.seed,
-            max_hands=self.max_hands, min_hand_scale=self.min_hand_scale, max_distractors=self.max_distractors, progress=progress,
+            scene=scene, progress=progress,
         )
 
 

@@ -5,7 +5,7 @@ rotation, mirror, foreshortening, 5–50 % of the image side, a skin tone, shadi
 sleeve — on a cluttered textured background, among look-alikes that are not hands (faces, bare
 arms, skin-coloured blobs, finger-like shapes in other colours), with partial occlusion, lighting
 changes, blur, sensor noise and JPEG artefacts. Hands may be cut by the image border or hidden
-behind objects; a hand whose visible part falls under `MIN_VISIBLE` of its area is left unlabelled,
+behind objects; a hand whose visible part falls under `Scene.min_visible` of its area is left unlabelled,
 as an annotator would.
 
 The box of a hand covers palm, fingers and thumb (not the forearm), clipped to the image — the
@@ -41,13 +41,26 @@ from yoloprune.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-MIN_VISIBLE = 0.3  # share of a hand's pixels that must stay visible for it to be labelled
 MIN_BOX_PX = 3  # labelled boxes are at least this many pixels on each side
-MIN_HAND_SCALE = 0.05  # smallest hand box side, as a share of the image side
-MAX_DISTRACTORS = 6  # most look-alike objects (faces, bare arms, skin blobs, finger shapes) in one image
 # Part of each image's seed: every split draws from its own random streams, so adding a split
 # (or changing its size) leaves the images of the others unchanged.
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one image may hold; the defaults are the full task, each knob makes it easier one way.
+
+    Changing a knob changes what is drawn, never the order of the random draws: images drawn with
+    the defaults stay byte-identical whatever knobs exist.
+    """
+
+    max_hands: int = 6
+    min_hand_scale: float = 0.05  # smallest hand box side, as a share of the image side
+    max_distractors: int = 6  # most look-alike objects (faces, bare arms, skin blobs, finger shapes)
+    occlusion: float = 0.3  # chance that an object is drawn across a hand
+    min_visible: float = 0.3  # share of a hand's pixels that must stay visible for it to be labelled
+    hands_inside: bool = False  # every hand whole inside the image (none cut by the border)
 
 
 @dataclass
@@ -141,15 +154,15 @@ def _finish_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_synthetic_image(
-    rng: np.random.Generator, img_size: int = 256, max_hands: int = 6, min_hand_scale: float = MIN_HAND_SCALE,
-    max_distractors: int = MAX_DISTRACTORS,
+    rng: np.random.Generator, img_size: int = 256, scene: Scene = Scene(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image (uint8 BGR, img_size²) and its hand boxes `boxes_xyxy_px` (n, 4) float32.
 
-    Hand box sides are log-uniform between `min_hand_scale` and 50 % of the image side (less in
-    crowded images); raising `min_hand_scale` gives an easier task (fewer tiny hands), and so does
-    lowering `max_distractors` (fewer look-alikes to tell from hands).
+    Hand box sides are log-uniform between `scene.min_hand_scale` and 50 % of the image side (less in
+    crowded images); raising `min_hand_scale` gives an easier task (fewer tiny hands), and so do
+    fewer look-alikes, less occlusion and hands kept whole inside the image.
     """
+    max_hands, min_hand_scale, max_distractors = scene.max_hands, scene.min_hand_scale, scene.max_distractors
     image = draw_background(rng, img_size)
     owner = np.zeros((img_size, img_size), np.int16)  # which object each pixel shows (0 = background)
     hand_count = int(rng.choice(np.arange(1, max_hands + 1), p=_hand_count_probabilities(max_hands)))
@@ -168,8 +181,8 @@ def render_synthetic_image(
         share = math.exp(rng.uniform(math.log(min_hand_scale), math.log(largest)))
         length_px = share * img_size / 0.95  # wrist-to-fingertip length; the box is a bit smaller
         canvas, wrist, direction, palm_width = draw_hand(rng, length_px)
-        center = rng.uniform(0.02, 0.98, 2) * img_size
-        left, top = int(center[0] - canvas.size / 2), int(center[1] - canvas.size / 2)
+        place = rng.uniform(0.02, 0.98, 2)
+        left, top = _hand_position(place, canvas.mask, img_size, scene.hands_inside)
         skin = sample_skin_bgr(rng)
         draw_forearm(image, owner, wrist + (left, top), direction, palm_width, skin, next_id, rng)
         next_id += 1
@@ -179,7 +192,7 @@ def render_synthetic_image(
             hands.append(_Hand(canvas.mask, left, top, object_id, area))
 
     for hand in hands:
-        if rng.random() < 0.3:
+        if rng.random() < scene.occlusion:
             local_box = box_of_mask(hand.mask)
             x1, y1, x2, y2 = local_box
             draw_occluder(image, owner, (x1 + hand.left, y1 + hand.top, x2 + hand.left, y2 + hand.top), next_id, rng)
@@ -188,7 +201,7 @@ def render_synthetic_image(
     boxes = []
     for hand in hands:
         visible = int((owner == hand.object_id).sum())
-        if visible < MIN_VISIBLE * hand.area:
+        if visible < scene.min_visible * hand.area:
             continue
         x1, y1, x2, y2 = box_of_mask(hand.mask)
         x1, x2 = np.clip([x1 + hand.left, x2 + hand.left], 0, img_size)
@@ -196,6 +209,19 @@ def render_synthetic_image(
         if x2 - x1 >= MIN_BOX_PX and y2 - y1 >= MIN_BOX_PX:
             boxes.append((x1, y1, x2, y2))
     return _finish_image(image, rng), np.array(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def _hand_position(place: np.ndarray, mask: np.ndarray, img_size: int, inside: bool) -> tuple[int, int]:
+    """Canvas position (left, top) for a hand whose canvas centre falls at `place` (shares of the
+    image side, in 0.02..0.98); with `inside`, `place` spans the positions that keep the hand's box
+    whole in the image instead."""
+    box = box_of_mask(mask) if inside else None
+    if box is None:
+        center = place * img_size
+        return int(center[0] - mask.shape[1] / 2), int(center[1] - mask.shape[0] / 2)
+    x1, y1, x2, y2 = box
+    t = (place - 0.02) / 0.96
+    return int(-x1 + t[0] * (img_size - (x2 - x1))), int(-y1 + t[1] * (img_size - (y2 - y1)))
 
 
 def _hand_count_probabilities(max_hands: int) -> np.ndarray:
@@ -212,10 +238,8 @@ def generate_synthetic_dataset(
     class_name: str = "hand",
     jpeg_quality: tuple[int, int] = (60, 95),
     progress: bool = True,
-    max_hands: int = 6,
-    min_hand_scale: float = MIN_HAND_SCALE,
     n_test: int = 0,
-    max_distractors: int = MAX_DISTRACTORS,
+    scene: Scene = Scene(),
 ) -> Path:
     """Write a synthetic hand dataset to `out_dir` and return its `.data` path.
 
@@ -238,7 +262,7 @@ def generate_synthetic_dataset(
         listed[split] = []
         for index in tqdm(range(count), desc=f"synth {split}", unit="img", disable=not progress, leave=False):
             rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-            image, boxes_xyxy = render_synthetic_image(rng, img_size, max_hands, min_hand_scale, max_distractors)
+            image, boxes_xyxy = render_synthetic_image(rng, img_size, scene)
             quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
             ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if not ok:

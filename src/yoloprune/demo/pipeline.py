@@ -82,6 +82,7 @@ class DemoPipeline:
         settings = SynthSettings(
             out=str(self.out / "data"), train=p.train_images, val=p.val_images, test=p.test_images, img_size=p.img_size,
             max_hands=p.max_hands, min_hand_scale=p.min_hand_scale, max_distractors=p.max_distractors,
+            occlusion=p.occlusion, hands_inside=p.hands_inside,
         )
         stage = Stage("data", settings.out, _fingerprint(settings), defaults=field_defaults(settings))
         if stage.prepare():

@@ -41,6 +41,8 @@ class DemoProfile:
     min_hand_scale: float = 0.05  # synthetic data: smallest hand box side (share of the image)
     max_hands: int = 6
     max_distractors: int = 6  # synthetic data: most look-alikes (faces, arms, skin blobs) in one image
+    occlusion: float = 0.3  # synthetic data: chance that an object is drawn across a hand
+    hands_inside: bool = False  # synthetic data: every hand whole inside the image
     optimizer: str = "sgd"  # for all three trainings
     gamma_lr_scale: float = 1.0  # sparsity training: learning-rate multiplier of the penalised γ
     finetune_lr_ratio: float = 0.2  # finetune lr = lr · this
@@ -66,15 +68,27 @@ PROFILES = {
         max_map_drop=0.01, round_to=1, auto_steps=3, distill_weight=1.0, bench_runs=5,
         optimizer="adam", gamma_lr_scale=10.0, finetune_lr_ratio=0.5, layers="auto",
     ),
-    # An easy task the detector can learn within the CPU budget: at most two hands of 25-50 % of the
-    # image side and one look-alike per image, 128 px. Width x0.25 (configs/yolov3-hand-demo.cfg) is
-    # wide enough that latency follows MACs once pruned (x0.125's early 4- and 8-channel layers cannot
+    # A task the detector learns to convergence within the CPU budget: at most two hands of 30-50 %
+    # of the image side, whole and unoccluded, no look-alikes, 128 px. Its baseline converges (valid
+    # mAP@0.5 0.51 at epoch 12, 0.65 at 28, 0.71 at 32 and 36, 0.66 at 40; with the `lookalikes` data
+    # 0.22, 0.39, 0.44, 0.45, 0.46; one run each), so pruning is tested on a converged detector; the
+    # evaluation every 2 epochs shows the plateau in the report. Width x0.25 (configs/yolov3-hand-demo.cfg)
+    # is wide enough that latency follows MACs once pruned (x0.125's early 4- and 8-channel layers cannot
     # shrink and are overhead-bound). AdamW: on a 10-minute CPU budget it reaches about 1.6x the mAP@0.5
     # of SGD; with it the penalised γ need a 10x learning rate to reach 0 in few epochs. The controls
     # train (sparse + finetune) epochs at full width and all epochs at the pruned width, so the sparse
     # and finetune stages are kept short.
     "default": DemoProfile(
         name="default", train_images=600, val_images=200, test_images=1000, img_size=128, width_multiple=0.25, batch=16,
+        baseline_epochs=40, sparse_epochs=10, finetune_epochs=4, lr=0.001, sparsity=0.004, sparsity_decay=None,
+        max_map_drop=0.01, round_to=8, auto_steps=7, distill_weight=1.0, bench_runs=30, eval_every=2,
+        min_hand_scale=0.3, max_hands=2, max_distractors=0, occlusion=0.0, hands_inside=True, optimizer="adam",
+        gamma_lr_scale=10.0, finetune_lr_ratio=0.5, layers="auto", max_map5095_drop=0.01,
+    ),
+    # The previous default: the same sizes with look-alikes (one per image), occluders and hands cut
+    # by the border; its baseline stays under test mAP@0.5 0.5 within the budget.
+    "lookalikes": DemoProfile(
+        name="lookalikes", train_images=600, val_images=200, test_images=1000, img_size=128, width_multiple=0.25, batch=16,
         baseline_epochs=40, sparse_epochs=10, finetune_epochs=4, lr=0.001, sparsity=0.004, sparsity_decay=None,
         max_map_drop=0.01, round_to=8, auto_steps=7, distill_weight=1.0, bench_runs=30, eval_every=4,
         min_hand_scale=0.25, max_hands=2, max_distractors=1, optimizer="adam", gamma_lr_scale=10.0, finetune_lr_ratio=0.5,
@@ -106,6 +120,7 @@ class DemoSettings:
     profile: str = option(
         "default", choices=tuple(PROFILES),
         help="quick: tiny data and few epochs (smoke run); default: about 30 min on a 2-core CPU; "
+        "lookalikes: the previous default, with look-alikes, occluders and hands cut by the border; "
         "hard: a harder synthetic task at 160 px (about an hour); full: seed-scale, yolov3-hand.cfg at 416 px (GPU)",
     )
     model: str = option("yolov3", choices=MODELS, help="the detector: YOLOv3 topology, or YOLOv4-tiny at twice the profile's width")

@@ -153,6 +153,35 @@ def _anchor_text(fit) -> str:
             f"COCO-scaled anchors: {fit.previous_mean_iou:.3f})")
 
 
+# A baseline has plateaued when its validation mAP@0.5 gained less than this over the last quarter
+# of its epochs: the mean of its last two evaluations against the mean of the two evaluations that
+# end at three quarters of the epochs (two each, because one evaluation on 200 images moves by ~0.03).
+PLATEAU_GAIN = 0.01
+
+
+def plateau_gain(rows: list[dict], epochs: int) -> tuple[float, int, int] | None:
+    """(gain, epoch at ¾, last epoch) of the validation mAP@0.5 in a metrics.csv's `rows`, as
+    `PLATEAU_GAIN` defines it; None when there are too few evaluations before ¾ of the epochs."""
+    evaluated = [(row["epoch"], row["map50"]) for row in rows if row.get("map50") is not None]
+    before = [(epoch, value) for epoch, value in evaluated if epoch <= epochs * 3 / 4]
+    if len(before) < 2 or len(evaluated) - len(before) < 2:
+        return None
+    mean = lambda pairs: sum(value for _, value in pairs) / len(pairs)  # noqa: E731
+    return mean(evaluated[-2:]) - mean(before[-2:]), before[-1][0], evaluated[-1][0]
+
+
+def _plateau_text(metrics_csv: Path, epochs: int) -> str:
+    from yoloprune.train.metrics import read_metrics_csv
+
+    found = plateau_gain(read_metrics_csv(metrics_csv), epochs) if metrics_csv.is_file() else None
+    if found is None:
+        return ""
+    gain, quarter_epoch, last_epoch = found
+    state = "plateaued" if gain < PLATEAU_GAIN else "still rising"
+    return (f"; validation mAP@0.5 gained {gain:+.3f} from epoch {quarter_epoch} to {last_epoch} (mean of two "
+            f"evaluations each): {state}")
+
+
 def _what_was_done(run, p, out_dir: Path, prune_report, small_gamma_share: float, split: str) -> list[str]:
     threshold = prune_report.threshold if prune_report.threshold is not None else float("nan")
     return [
@@ -161,7 +190,8 @@ def _what_was_done(run, p, out_dir: Path, prune_report, small_gamma_share: float
         f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid / {p.test_images} test images at {p.img_size} px "
         f"(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the {split} images.",
         f"- Model: {_model_description(out_dir / 'model.cfg')} (`{out_dir / 'model.cfg'}`)" + _anchor_text(run.anchor_fit) + ", trained from scratch for "
-        f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine).",
+        f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine)"
+        + _plateau_text(out_dir / "baseline" / "metrics.csv", p.baseline_epochs) + ".",
         f"- Sparsity training: {p.sparse_epochs} epochs from the baseline with s = {p.sparsity:g} on every BN γ"
         + (f", s / 100 after {p.sparsity_decay:.0%} of the epochs" if p.sparsity_decay else "")
         + (f", γ learning rate x{p.gamma_lr_scale:g}" if p.gamma_lr_scale != 1 else "")

@@ -8,8 +8,9 @@ prices any c from the latency table without building a cfg: the predicted ms of 
 the unit at c and every other unit at its full width. That is the local view the ranking and the
 rounding need; the budget itself is always checked on the whole pruned cfg (`LatencyTable.predict`).
 
-`latency_table_for` finds the table a pruning run uses and `measure_latency` checks its prediction
-on the compact model afterwards.
+`latency_table_for` finds the table a pruning run (or a latency-weighted sparsity training,
+`train.sparsity.channel_latency`) uses and `measure_latency` checks its prediction on the compact
+model afterwards.
 """
 
 from __future__ import annotations
@@ -33,29 +34,49 @@ class UnitLatency:
         self.table, self.positions = table, positions
         hw = (table.img_size, table.img_size)
         base = layer_costs(build_pruned_cfg(cfg, {}, removed_blocks), hw)
-        self._terms = []  # (grid, channels at full width, channels lost per position removed)
+        self._terms = []  # (layer, grid, channels at full width, channels lost per position removed)
         if positions > 1:
             narrower = layer_costs(build_pruned_cfg(cfg, {idx: (positions - 1) * parts for idx in convs}, removed_blocks), hw)
             for full, less in zip(base, narrower):
                 if full.channels != less.channels:
                     per_position = tuple(a - b for a, b in zip(full.channels, less.channels))
-                    self._terms.append((table.grids[full.shape.key], full.channels, per_position))
+                    self._terms.append((full.index, table.grids[full.shape.key], full.channels, per_position))
         self._memo: dict[int, float] = {}
+
+    def _layer_ms(self, kept: int) -> list[float]:
+        """Predicted ms of each reached layer (in `_terms` order) with `kept` positions."""
+        gone = self.positions - kept
+        return [grid.at(tuple(c - d * gone for c, d in zip(channels, lost))) for _, grid, channels, lost in self._terms]
 
     def ms(self, kept: int) -> float:
         """Predicted ms of the reached layers with `kept` positions (1 <= kept <= positions)."""
         if kept not in self._memo:
-            gone = self.positions - kept
-            self._memo[kept] = sum(grid.at(tuple(c - d * gone for c, d in zip(channels, lost))) for grid, channels, lost in self._terms)
+            self._memo[kept] = sum(self._layer_ms(kept))
         return self._memo[kept]
+
+    def _first_step(self, min_keep: int) -> int:
+        """Positions over which a saving is read: the first channel block, or as far as `min_keep`
+        allows (the table rounds counts up to whole blocks, so one position alone saves nothing)."""
+        return min(CHANNEL_BLOCK, self.positions - min_keep)
 
     def saving_per_position(self, min_keep: int) -> float:
         """Predicted ms saved per position removed, over the first channel block (or as far as
         `min_keep` allows): the table's local slope at the full width; 0 where it predicts no saving."""
-        step = min(CHANNEL_BLOCK, self.positions - min_keep)
+        step = self._first_step(min_keep)
         if step <= 0:
             return 0.0
         return max(self.ms(self.positions) - self.ms(self.positions - step), 0.0) / step
+
+    def layer_savings(self, min_keep: int) -> dict[int, float]:
+        """`saving_per_position` layer by layer (cfg index -> ms per position), before its clamp at 0:
+        what the unit's own convs save as outputs, and every layer reading the unit as inputs."""
+        step = self._first_step(min_keep)
+        if step <= 0:
+            return {}
+        savings: dict[int, float] = {}
+        for (layer, *_), full, less in zip(self._terms, self._layer_ms(self.positions), self._layer_ms(self.positions - step)):
+            savings[layer] = savings.get(layer, 0.0) + (full - less) / step
+        return savings
 
     def fastest_count(self, keep: int, round_to: int) -> int:
         """The count from `keep` up to the end of its rounding step (`round_to`, or one channel
@@ -68,9 +89,10 @@ class UnitLatency:
 
 
 def latency_table_for(cfg: DarknetCfg, img_size: int, runtime: str | None, table_path: str | None, progress: bool = True) -> LatencyTable:
-    """The table a latency budget uses: the one at `table_path`, checked against the run (its
-    runtime, unless `runtime` says another, and its input size), or else the cached or newly
-    built one for `cfg` at `img_size` in `runtime` (default ort) with torch's current thread count."""
+    """The table a latency budget (or a latency-weighted penalty) uses: the one at `table_path`,
+    checked against the run (its runtime, unless `runtime` says another, its input size and the
+    cfg's layers), or else the cached or newly built one for `cfg` at `img_size` in `runtime`
+    (default ort) with torch's current thread count."""
     import torch
 
     from yoloprune.bench.latency_table import LatencyTableError, cached_table, cpu_model
@@ -81,7 +103,7 @@ def latency_table_for(cfg: DarknetCfg, img_size: int, runtime: str | None, table
     if runtime is not None and table.runtime != runtime:
         raise LatencyTableError(f"measured in {table.runtime}, not in {runtime} (`runtime`)", table_path)
     if table.img_size != img_size:
-        raise LatencyTableError(f"measured at {table.img_size} px inputs, the pruning runs at {img_size} px (`img_size`)", table_path)
+        raise LatencyTableError(f"measured at {table.img_size} px inputs, this run is at {img_size} px (`img_size`)", table_path)
     if table.key.get("cpu") != cpu_model():
         log.warning("%s was measured on %s, this machine is %s: its predictions may not hold here", table_path, table.key.get("cpu"), cpu_model())
     table.predict(cfg)  # one clear error now if it is another cfg's table

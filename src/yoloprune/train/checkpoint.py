@@ -3,8 +3,8 @@
 `last.pt` (written after every epoch) holds the model (the EMA copy when EMA is on) plus everything a
 resume needs: optimizer, scheduler, AMP scaler, epoch, RNG states (torch/numpy/python/CUDA and the
 train loader's generator, stored as tensors and lists so that `torch.load(weights_only=True)` reads
-them), the metrics history, the raw training weights when EMA is on, and the settings under the meta
-key "train_config". `best.pt` has the same layout.
+them), the metrics history, the s of the next epoch (a sparsity target raises it), the raw training
+weights when EMA is on, and the settings under the meta key "train_config". `best.pt` has the same layout.
 
 Resuming: `resolve_resume` fills the settings not given from the saved run's, `check_resumed_settings`
 refuses a resume that would change the experiment, `load_resumed_model` and `restore_training_state`
@@ -91,6 +91,7 @@ def save_training_state(trainer: Trainer, path: Path) -> None:
         "global_step": trainer.global_step,
         "history": trainer.history,
         "best_map50": trainer.best_map50,
+        "sparsity_s": trainer.sparsity_s,
         "rng": capture_rng_state(getattr(trainer.train_loader, "generator", None)),
     }
     if trainer.use_amp:
@@ -178,6 +179,7 @@ def restore_training_state(trainer: Trainer, state: dict) -> None:
     trainer.global_step = int(state.get("global_step", trainer.epoch * trainer.steps_per_epoch))
     trainer.history = list(state.get("history", []))
     trainer.best_map50 = state.get("best_map50")
+    trainer.sparsity_s = float(state.get("sparsity_s", trainer.settings.sparsity))  # older checkpoints: never adapted
     if trainer.ema is not None:
         trainer.ema.module.load_state_dict(state["state_dict"])
         trainer.ema.updates = int(state.get("ema_updates", 0))

@@ -2,8 +2,11 @@
 
 `metrics.csv` holds one row per completed epoch (see `METRIC_COLUMNS`); `gamma_first` holds the
 signed γ vector of the first considered BN layer as a JSON list, `gamma_hist` the counts of |γ| per
-bin of `gamma_hist_edges` (log-spaced, see `sparsity.GAMMA_HIST_EDGES`). The trainer rewrites it
-whole from the history kept in `last.pt` after every epoch, so a resumed run never loses or repeats rows.
+bin of `gamma_hist_edges` (log-spaced, see `sparsity.GAMMA_HIST_EDGES`). `sparsity` is the s the
+epoch ran at (raised by a sparsity target as it goes), `sparse_macs_share` the share of the penalised
+channels' MACs whose |γ| is below `--sparsity-target-threshold` after it (`sparsity.sparse_macs_share`).
+The trainer rewrites it whole from the history kept in `last.pt` after every epoch, so a resumed run
+never loses or repeats rows.
 
 No torch here: plots and reports read metrics.csv without it.
 """
@@ -39,6 +42,7 @@ METRIC_COLUMNS = (
     "gamma_q75",
     "gamma_q100",
     "gamma_frac_small",
+    "sparse_macs_share",
     "gamma_first_layer",
     "gamma_first",
     "gamma_hist",

@@ -10,13 +10,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from yoloprune.errors import SettingsError
 from yoloprune.settings import check_img_size, is_whole, option, require
 
 OPTIMIZERS = ("sgd", "adam")
 SPARSITY_LAYER_SETS = ("all", "safe")  # named sets of BN layers under the penalty (see train.sparsity)
 # How the penalty is shared among the layers: the same s everywhere, or s scaled by what a channel of
-# the layer costs in MACs (`train.sparsity.macs_sparsity_weights`).
-SPARSITY_WEIGHTINGS = ("none", "macs")
+# the layer costs in MACs (`train.sparsity.macs_sparsity_weights`) or in the latency a latency table
+# predicts (`train.sparsity.latency_sparsity_weights`).
+SPARSITY_WEIGHTINGS = ("none", "macs", "latency")
+SMALL_GAMMA = 0.01  # |γ| below this counts as "pruned away": the logged fraction, the default --sparsity-target-threshold
+# --sparsity-target doubles s when the sparse share stalls, up to this multiple of the starting s unless
+# --sparsity-max says otherwise: 3 doublings, enough to empty a stalled layer set, not to crush the model.
+SPARSITY_MAX_FACTOR = 8
 # Settings that may differ when a run is resumed: how long it runs, where and how it reports. Any
 # other change (the penalty, the learning rates, the data, the model) would make the resumed run a
 # different experiment than the one its checkpoint and metrics.csv describe.
@@ -52,7 +58,21 @@ class TrainSettings:
     sparsity_weighting: str = option(
         "none", choices=SPARSITY_WEIGHTINGS,
         help="none: the same s on every penalised γ; macs: s times a weight proportional to the MACs one "
-        "channel of the layer costs (its filter and its slice of the convs reading it), mean 1 over the penalised channels",
+        "channel of the layer costs (its filter and its slice of the convs reading it), mean 1 over the penalised channels; "
+        "latency: the same with the ms a --latency-table predicts removing one channel saves",
+    )
+    latency_table: str | Path | None = option(
+        None, metavar="T.json",
+        help="latency table for --sparsity-weighting latency: `yoloprune latency-table` JSON for the cfg at the training input size",
+    )
+    sparsity_target: float | None = option(
+        None, metavar="F",
+        help="train until the share of the penalised channels' MACs with |γ| below --sparsity-target-threshold reaches F "
+        "(at most --epochs epochs), doubling s up to --sparsity-max whenever that share stalls",
+    )
+    sparsity_target_threshold: float = option(SMALL_GAMMA, metavar="T", help="|γ| below this counts as prunable for --sparsity-target")
+    sparsity_max: float | None = option(
+        None, metavar="S", help="the largest s --sparsity-target may raise s to", default_text=f"{SPARSITY_MAX_FACTOR} x --sparsity",
     )
     sparsity_decay: float | None = option(None, metavar="F", help="after fraction F of the epochs, multiply s by --sparsity-decay-factor")
     sparsity_decay_factor: float = option(0.01, help="factor applied by --sparsity-decay")
@@ -114,6 +134,32 @@ class TrainSettings:
         check(self.max_steps is None or (is_whole(self.max_steps) and self.max_steps >= 1), "max_steps", "a whole number >= 1")
         check(self.sparsity_weighting in SPARSITY_WEIGHTINGS, "sparsity_weighting", " or ".join(repr(name) for name in SPARSITY_WEIGHTINGS))
         check(not isinstance(self.sparsity_layers, str) or self.sparsity_layers in SPARSITY_LAYER_SETS, "sparsity_layers", f"one of {SPARSITY_LAYER_SETS} or a list of layers")
+        self._validate_latency_weighting()
+        self._validate_sparsity_target()
+
+    def _validate_latency_weighting(self) -> None:
+        if self.sparsity_weighting == "latency" and self.latency_table is None:
+            raise SettingsError("latency_table", "`sparsity_weighting` latency needs a latency table: build one with `yoloprune latency-table`")
+        ok = self.latency_table is None or self.sparsity_weighting == "latency"
+        require(ok, "latency_table", "given with `sparsity_weighting` latency", self.latency_table)
+
+    def _validate_sparsity_target(self) -> None:
+        target = self.sparsity_target
+        require(target is None or 0 < target < 1, "sparsity_target", "a fraction in (0, 1)", target)
+        require(self.sparsity_target_threshold > 0, "sparsity_target_threshold", "> 0", self.sparsity_target_threshold)
+        require(self.sparsity_max is None or target is not None, "sparsity_max", "given with `sparsity_target`", self.sparsity_max)
+        if target is None:
+            return
+        if not self.sparsity > 0:
+            raise SettingsError("sparsity_target", "needs the penalty on: give `sparsity` > 0 (the s it starts from)")
+        # The decay lowers s on a schedule while the target raises it on progress: they would fight.
+        require(self.sparsity_decay is None, "sparsity_decay", "left out with `sparsity_target`", self.sparsity_decay)
+        require(self.sparsity_ceiling >= self.sparsity, "sparsity_max", f">= `sparsity` ({self.sparsity:g})", self.sparsity_max)
+
+    @property
+    def sparsity_ceiling(self) -> float:
+        """The largest s `sparsity_target` may raise s to: `sparsity_max`, by default 8 x `sparsity`."""
+        return self.sparsity_max if self.sparsity_max is not None else SPARSITY_MAX_FACTOR * self.sparsity
 
     def to_dict(self) -> dict:
         """Plain data for the checkpoint's meta (paths as strings)."""

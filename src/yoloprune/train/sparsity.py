@@ -20,7 +20,21 @@ maxpools (that conv's MACs / its input channels, once per time it reads the chan
 by shortcuts share their channels (`darknet.graph.ChannelGroup`), so the slices read from such a set
 are split evenly among its convs: a set's weights add up to what removing one of its channels saves.
 The weights are normalised to mean 1 over the penalised channels, so at uniform |γ| the total
-penalty s·Σ w·|γ| is that of the unweighted run and s keeps its meaning.
+penalty s·Σ w·|γ| is that of the unweighted run and s keeps its meaning (`normalised_weights`).
+
+Latency weighting (`sparsity_weighting="latency"`, `latency_sparsity_weights`): the same, with a
+channel's cost the ms a latency table (`bench.latency_table`) predicts removing it saves, read the
+way `prune --target-latency` ranks channels (`prune.latency.UnitLatency`): the table's slope over
+the first channel block at full width, per channel, of every layer the channel's set reaches. A
+conv's weight is its own row's saving (as output channels) plus an even share, among the convs of
+its set, of the savings of the layers reading the set (as input channels, with the pass-through
+layers between): the MACs weighting's split, priced by the table. A set the table predicts no
+saving for (narrower than one channel block, or not prunable, so measured at its width alone)
+gets weight 0: removing its channels would not make the model faster.
+
+Sparsity target (`sparsity_target=F`): after every epoch `sparse_macs_share` weighs each penalised
+channel by `channel_macs` and gives the share of those MACs whose |γ| is below the threshold; the
+trainer stops once it reaches F, and `adapt_sparsity` doubles s (up to a ceiling) when the share stalls.
 
 Schedule (`sparsity_at_epoch`): constant s (the seed), or with `decay_fraction=F` s is multiplied by
 `decay_factor` (default 0.01) from epoch ⌊F·epochs⌋ on: the penalty has by then pushed the
@@ -30,17 +44,19 @@ unimportant γ towards zero, and the remaining epochs recover accuracy under a m
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from yoloprune.darknet.cfg import ConvBlock, DarknetCfg
 from yoloprune.darknet.graph import analyze_graph, bn_conv_indices, conv_macs, infer_output_hw, safe_prunable_conv_indices
-from yoloprune.train.settings import SPARSITY_LAYER_SETS
+from yoloprune.train.settings import SMALL_GAMMA, SPARSITY_LAYER_SETS
+
+if TYPE_CHECKING:
+    from yoloprune.bench.latency_table import LatencyTable
 
 GAMMA_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-SMALL_GAMMA = 0.01  # |γ| below this counts as "pruned away" in the logged fraction
 # Log-spaced |γ| histogram bins for the per-epoch distribution figure; the first bin starts at 0.
 GAMMA_HIST_EDGES = [0.0] + [round(10 ** (k / 4), 6) for k in range(-16, 5)]  # 0, 1e-4 ... 10
 
@@ -87,14 +103,50 @@ def channel_macs(cfg: DarknetCfg, img_size: int) -> dict[int, float]:
     return costs
 
 
-def macs_sparsity_weights(cfg: DarknetCfg, layer_indices: Sequence[int], img_size: int) -> dict[int, float]:
-    """Per penalised layer: s's multiplier, proportional to `channel_macs`, with mean 1 over the
-    penalised channels (each layer counts once per channel)."""
-    costs = channel_macs(cfg, img_size)
+def normalised_weights(cfg: DarknetCfg, layer_indices: Sequence[int], costs: dict[int, float]) -> dict[int, float]:
+    """Per penalised layer: s's multiplier, proportional to its channel cost in `costs`, with mean 1
+    over the penalised channels (each layer counts once per channel)."""
     channels = {idx: cfg.layers[idx].filters for idx in layer_indices}
     total = sum(channels.values())
     mean = sum(costs[idx] * n for idx, n in channels.items()) / total if total else 0.0
     return {idx: costs[idx] / mean for idx in layer_indices}
+
+
+def macs_sparsity_weights(cfg: DarknetCfg, layer_indices: Sequence[int], img_size: int) -> dict[int, float]:
+    """Per penalised layer: s's multiplier, proportional to `channel_macs`, mean 1 over the penalised channels."""
+    return normalised_weights(cfg, layer_indices, channel_macs(cfg, img_size))
+
+
+def channel_latency(cfg: DarknetCfg, table: "LatencyTable", layer_indices: Sequence[int]) -> dict[int, float]:
+    """Per conv of `layer_indices`: the ms `table` predicts removing one of its output channels
+    saves at the table's input size (module docstring)."""
+    from yoloprune.prune.latency import UnitLatency
+
+    graph = analyze_graph(cfg)
+    costs = {}
+    for root in sorted({graph.group_of[idx] for idx in layer_indices}):
+        group = graph.groups[root]
+        # min_keep 1: the slope over a whole channel block, as the pruning's ranking reads it
+        savings = UnitLatency(table, cfg, group.convs, group.parts, group.channels // group.parts, []).layer_savings(min_keep=1)
+        shared = sum(ms for layer, ms in savings.items() if layer not in group.convs) / len(group.convs)
+        for idx in group.convs:
+            # per channel: a position is a channel of every part; a noisy table's negative slope saves nothing
+            costs[idx] = max(savings.get(idx, 0.0) + shared, 0.0) / group.parts
+    return {idx: costs[idx] for idx in layer_indices}
+
+
+def latency_sparsity_weights(cfg: DarknetCfg, layer_indices: Sequence[int], table: "LatencyTable") -> dict[int, float]:
+    """Per penalised layer: s's multiplier, proportional to `channel_latency`, mean 1 over the
+    penalised channels; a LatencyTableError if the table predicts no saving for any of them."""
+    from yoloprune.bench.latency_table import LatencyTableError
+
+    costs = channel_latency(cfg, table, layer_indices)
+    if layer_indices and not any(costs.values()):
+        raise LatencyTableError(
+            f"predicts no saving from removing channels of any penalised layer ({len(layer_indices)} layers): "
+            "nothing to weight the penalty by", table.path,
+        )
+    return normalised_weights(cfg, layer_indices, costs)
 
 
 def apply_bn_sparsity(model: nn.Module, s: float, layer_indices: Sequence[int], weights: dict[int, float] | None = None) -> None:
@@ -117,6 +169,38 @@ def sparsity_at_epoch(s: float, epoch: int, epochs: int, decay_fraction: float |
     if decay_fraction is None or epoch < math.floor(decay_fraction * epochs):
         return s
     return s * decay_factor
+
+
+def sparse_macs_share(model: nn.Module, layer_indices: Sequence[int], costs: dict[int, float], threshold: float) -> float:
+    """The share of the penalised channels' MACs (`costs`: `channel_macs`) in channels whose |γ| is
+    below `threshold`: how much of the prunable work a |γ| threshold would remove now."""
+    total = small = 0.0
+    for idx in layer_indices:
+        gamma = _bn(model, idx).weight.detach().abs()
+        total += costs[idx] * gamma.numel()
+        small += costs[idx] * int((gamma < threshold).sum())
+    return small / total if total else 0.0
+
+
+# `adapt_sparsity`'s stall rule: the share must grow by STALL_GAIN (one point of the prunable MACs)
+# over STALL_EPOCHS epochs run at the current s; two, so that one noisy epoch cannot double s, and
+# both at the current s, so that a raised s is judged on its own epochs only.
+STALL_EPOCHS = 2
+STALL_GAIN = 0.01
+
+
+def adapt_sparsity(path: Sequence[tuple[float, float]], ceiling: float) -> float:
+    """The s of the next epoch under a sparsity target, from `path`: per completed epoch, the s it
+    ran at and `sparse_macs_share` after it. s doubles (up to `ceiling`) when the last STALL_EPOCHS
+    epochs ran at the current s and the share gained less than STALL_GAIN over them (from the end
+    of the epoch before them); otherwise it stays. It never goes down."""
+    s = path[-1][0]
+    recent = path[-STALL_EPOCHS - 1:]
+    if len(recent) <= STALL_EPOCHS or any(used != s for used, _ in recent[1:]):
+        return s
+    if recent[-1][1] - recent[0][1] < STALL_GAIN:
+        return max(s, min(2 * s, ceiling))
+    return s
 
 
 def collect_gammas(model: nn.Module, layer_indices: Sequence[int]) -> torch.Tensor:

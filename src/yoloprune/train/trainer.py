@@ -15,6 +15,10 @@ Output folder `out/`:
 - `metrics.csv`: one row per completed epoch (see `metrics`).
 - `tb/`: TensorBoard scalars and γ histograms (see `callbacks.TensorBoardLogger`).
 
+With a sparsity target (`sparsity_target=F`) the run ends after the epoch whose `sparse_macs_share`
+reaches F (evaluated and saved as a last epoch is), else after `epochs`; meanwhile s doubles when the
+share stalls (`sparsity.adapt_sparsity`). The learning-rate schedule stays planned over `epochs`.
+
 `resume=True` restarts from `out/last.pt` at the epoch after the last completed one; an epoch that
 was interrupted part-way is run again from its start.
 
@@ -54,9 +58,15 @@ from yoloprune.train.metrics import EpochMeter, write_metrics_csv
 from yoloprune.train.optim import build_optimizer, build_param_groups, build_scheduler
 from yoloprune.train.settings import TrainSettings
 from yoloprune.train.sparsity import (
+    STALL_EPOCHS,
+    STALL_GAIN,
+    adapt_sparsity,
     apply_bn_sparsity,
+    channel_macs,
+    latency_sparsity_weights,
     macs_sparsity_weights,
     resolve_sparsity_layers,
+    sparse_macs_share,
     sparsity_at_epoch,
     summarize_gammas,
 )
@@ -84,6 +94,7 @@ class TrainResult:
     final_metrics: dict  # the last evaluated row's map50/map/precision/recall (empty if never evaluated)
     best_map50: float | None
     stopped_early: bool = False
+    target_reached: bool = False  # the sparsity target ended the run before `epochs`
 
 
 # An extra loss term (knowledge distillation, ...): (images, heads, targets) -> (loss, parts to log).
@@ -109,6 +120,7 @@ class Trainer:
         self.steps_this_run = 0
         self.history: list[dict] = []
         self.best_map50: float | None = None
+        self.sparsity_s = settings.sparsity  # the base s: raised by a sparsity target, saved for a resume
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -151,11 +163,8 @@ class Trainer:
         self.img_size = settings.img_size or self.bare_model.cfg.net.width
         self.sparsity_layers = resolve_sparsity_layers(self.bare_model.cfg, settings.sparsity_layers)
         # From the cfg at the training size, once: the costs do not change while the widths do not.
-        self.sparsity_weights = None
-        if settings.sparsity_weighting == "macs" and self.sparsity_layers:
-            self.sparsity_weights = macs_sparsity_weights(self.bare_model.cfg, self.sparsity_layers, self.img_size)
-            log.info("sparsity weighted by MACs per channel: weights %.3g to %.3g (mean 1 over the penalised channels)",
-                     min(self.sparsity_weights.values()), max(self.sparsity_weights.values()))
+        self.sparsity_weights = self._sparsity_weights()
+        self.channel_costs = channel_macs(self.bare_model.cfg, self.img_size) if self.sparsity_layers else {}
         if settings.teacher_weights is not None:
             self._add_distillation()
         self.loss_fn = YoloLoss.for_model(
@@ -177,6 +186,23 @@ class Trainer:
             if settings.tensorboard:
                 # First, so that it has logged an epoch before a caller's callback may stop the run.
                 self.callbacks.insert(0, TensorBoardLogger(self.out_dir / "tb", first_epoch=self.epoch))
+
+    def _sparsity_weights(self) -> dict[int, float] | None:
+        """s's multiplier per penalised layer under `sparsity_weighting` (None: the same s everywhere)."""
+        settings, cfg = self.settings, self.bare_model.cfg
+        if settings.sparsity_weighting == "none" or not self.sparsity_layers:
+            return None
+        if settings.sparsity_weighting == "macs":
+            weights = macs_sparsity_weights(cfg, self.sparsity_layers, self.img_size)
+        else:
+            from yoloprune.prune.latency import latency_table_for
+
+            # checked against the cfg and the input size: an error naming the table if it is another's
+            table = latency_table_for(cfg, self.img_size, None, settings.latency_table)
+            weights = latency_sparsity_weights(cfg, self.sparsity_layers, table)
+        log.info("sparsity weighted by %s per channel: weights %.3g to %.3g (mean 1 over the penalised channels)",
+                 "MACs" if settings.sparsity_weighting == "macs" else "predicted latency", min(weights.values()), max(weights.values()))
+        return weights
 
     def _load_model(self, resume_state: dict | None) -> nn.Module:
         if resume_state is not None:
@@ -247,7 +273,7 @@ class Trainer:
         stopped = False
         try:
             self.setup()
-            while self.epoch < self.settings.epochs:
+            while self.epoch < self.settings.epochs and not self.target_reached:
                 if hasattr(self.train_loader, "set_epoch"):
                     self.train_loader.set_epoch(self.epoch)
                 row = self.end_epoch(self.train_epoch())
@@ -277,11 +303,22 @@ class Trainer:
             final_metrics=final,
             best_map50=self.best_map50,
             stopped_early=stopped,
+            target_reached=self.target_reached,
         )
+
+    def _reaches_target(self, row: dict) -> bool:
+        target, share = self.settings.sparsity_target, row.get("sparse_macs_share")
+        return target is not None and share is not None and share >= target
+
+    @property
+    def target_reached(self) -> bool:
+        """Whether the last completed epoch reached the sparsity target (read from the history, so a
+        resumed run that had reached it runs no further epoch)."""
+        return bool(self.history) and self._reaches_target(self.history[-1])
 
     def sparsity_now(self) -> float:
         settings = self.settings
-        return sparsity_at_epoch(settings.sparsity, self.epoch, settings.epochs, settings.sparsity_decay, settings.sparsity_decay_factor)
+        return sparsity_at_epoch(self.sparsity_s, self.epoch, settings.epochs, settings.sparsity_decay, settings.sparsity_decay_factor)
 
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
@@ -367,16 +404,27 @@ class Trainer:
             stats.update(distributed.average_over_ranks({k: stats[k] for k in ("loss", "loss_box", "loss_obj", "loss_cls")}, self.device))
         row: dict = {"epoch": self.epoch + 1, **stats}
         row.update(summarize_gammas(self.bare_model, self.sparsity_layers))
-        is_last = self.epoch + 1 == settings.epochs
+        if self.sparsity_layers:
+            threshold = settings.sparsity_target_threshold
+            row["sparse_macs_share"] = sparse_macs_share(self.bare_model, self.sparsity_layers, self.channel_costs, threshold)
+        is_last = self.epoch + 1 == settings.epochs or self._reaches_target(row)
         if self.is_main and self.validator is not None and ((self.epoch + 1) % settings.eval_every == 0 or is_last):
             row.update(self.evaluate())
             self.bare_model.train()
         self.epoch += 1
         self.history.append(row)
+        if settings.sparsity_target is not None and "sparse_macs_share" in row and not self.target_reached:
+            self._adapt_sparsity()  # before the checkpoint, which keeps the s of the next epoch
         if self.is_main:
             self._save_epoch(row)
         distributed.barrier()
         return row
+
+    def _adapt_sparsity(self) -> None:
+        """Under a sparsity target, the s of the next epoch (`sparsity.adapt_sparsity`)."""
+        # rows of a run resumed from before the column existed have no share: they are no evidence
+        path = [(r["sparsity"], r["sparse_macs_share"]) for r in self.history if r.get("sparse_macs_share") is not None]
+        self.sparsity_s = adapt_sparsity(path, self.settings.sparsity_ceiling)
 
     def _save_epoch(self, row: dict) -> None:
         improved = row.get("map50") is not None and (self.best_map50 is None or row["map50"] > self.best_map50)
@@ -387,9 +435,21 @@ class Trainer:
             save_training_state(self, self.best_path)
         save_training_state(self, self.last_path)
         write_metrics_csv(self.metrics_path, self.history)
+        self._log_epoch(row)
+
+    def _log_epoch(self, row: dict) -> None:
         evaluated = f", mAP@0.5 {row['map50']:.4f}, mAP {row['map']:.4f}" if row.get("map50") is not None else ""
         small = f", |γ|<0.01 {row['gamma_frac_small']:.1%}" if "gamma_frac_small" in row else ""
+        target = self.settings.sparsity_target
+        if target is not None and row.get("sparse_macs_share") is not None:
+            small += f", sparse MACs {row['sparse_macs_share']:.1%} (target {target:.1%}, s {row['sparsity']:.3g})"
         log.info("epoch %d/%d: loss %.4f%s%s (%.1f img/s)", self.epoch, self.settings.epochs, row["loss"], evaluated, small, row["img_per_s"])
+        if self.target_reached:
+            log.info("sparsity target reached at epoch %d: %.1f%% of the penalised MACs have |γ| < %g (target %.1f%%); training ends here",
+                     self.epoch, 100 * row["sparse_macs_share"], self.settings.sparsity_target_threshold, 100 * target)
+        elif target is not None and self.sparsity_s != row["sparsity"]:
+            log.info("sparse MACs share gained under %g over the last %d epochs: s %.3g -> %.3g (at most %.3g)",
+                     STALL_GAIN, STALL_EPOCHS, row["sparsity"], self.sparsity_s, self.settings.sparsity_ceiling)
 
 
 def train(settings: TrainSettings, callbacks: Sequence[TrainCallback] = (), extra_loss_terms: Sequence[ExtraLossTerm] = ()) -> TrainResult:

@@ -1,6 +1,8 @@
 """How BN γ evolves under sparsity training, from a training run's metrics rows (metrics.csv):
 
-  gamma_quantiles.png — the 0/25/50/75/100 % quantiles of |γ| per epoch (log scale);
+  gamma_quantiles.png — the 0/25/50/75/100 % quantiles of |γ| per epoch (log scale), and on a second
+                        axis the share of the penalised MACs whose |γ| is below the sparsity-target
+                        threshold (`sparse_macs_share`), where the rows have it;
   gamma_traces.png    — every γ of the first considered BN layer, one line per channel;
   gamma_hist.png      — the distribution of |γ| per epoch as a heat map (log-spaced bins).
 """
@@ -34,7 +36,21 @@ def plot_gamma_quantiles(rows: list[dict], path: str | Path) -> Path:
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="quantile", loc="lower left")
+    _plot_sparse_share(ax, epochs, rows)
     return save_png(fig, path)
+
+
+def _plot_sparse_share(ax, epochs: np.ndarray, rows: list[dict]) -> None:
+    """The sparse MACs share per epoch on a right-hand axis (0-100 %), when every row has it
+    (runs from before the column have none)."""
+    shares = [row.get("sparse_macs_share") for row in rows]
+    if any(share is None for share in shares):
+        return
+    right = ax.twinx()
+    right.plot(epochs, 100 * np.array(shares, dtype=float), color="black", linewidth=1.5, marker="s", markersize=3, label="MACs share")
+    right.set_ylim(0, 100)
+    right.set_ylabel("penalised MACs with |γ| below the threshold (%)")
+    right.legend(loc="lower right")
 
 
 def plot_gamma_traces(rows: list[dict], path: str | Path) -> Path:
