@@ -6,6 +6,7 @@ read off that model alone (its cfg's layer count and its parameter count), so th
 do not depend on the search, its plans or its bookkeeping.
 """
 
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -114,14 +115,21 @@ def test_every_result_is_within_the_tolerance_and_prunes_more_as_it_grows():
         assert macs == sorted(macs, reverse=True) and macs[0] > macs[-1]
 
 
-def test_cli_stops_with_one_line_naming_the_closest_map_and_writes_nothing(tmp_path, capsys, monkeypatch):
+def _cli_prune_setup(tmp_path, monkeypatch, scripted_map) -> tuple[Path, Path, object]:
+    """A 4+4-image dataset, the sparse nano model saved as a checkpoint, and `scripted_map(model)` as
+    the mAP every trial of `yoloprune prune` reads: (data, checkpoint, scripted)."""
     assert main(["data", "synth", str(tmp_path / "data"), "--train", "4", "--val", "4", "--img-size", "64"]) == 0
     data = next((tmp_path / "data").glob("*.data"))
     model = sparse_nano()
     checkpoint = tmp_path / "sparse.pt"
     save_checkpoint(checkpoint, model)
-    scripted = ScriptedMap(model)
+    scripted = scripted_map(model)
     monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", lambda *args, **kwargs: scripted)
+    return data, checkpoint, scripted
+
+
+def test_cli_stops_with_one_line_naming_the_closest_map_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    data, checkpoint, scripted = _cli_prune_setup(tmp_path, monkeypatch, ScriptedMap)
     out = tmp_path / "out"
     capsys.readouterr()
     args = ["prune", "--weights", str(checkpoint), "--out", str(out), "--data", str(data), "--calibrate", "0"]
@@ -243,13 +251,7 @@ def test_prune_settings_take_the_second_tolerance_only_with_the_first():
 
 
 def test_cli_reports_both_metrics(tmp_path, capsys, monkeypatch):
-    assert main(["data", "synth", str(tmp_path / "data"), "--train", "4", "--val", "4", "--img-size", "64"]) == 0
-    data = next((tmp_path / "data").glob("*.data"))
-    model = sparse_nano()
-    checkpoint = tmp_path / "sparse.pt"
-    save_checkpoint(checkpoint, model)
-    scripted = ScriptedMaps(model, 0.0, 3.0)
-    monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", lambda *args, **kwargs: scripted)
+    data, checkpoint, _ = _cli_prune_setup(tmp_path, monkeypatch, lambda model: ScriptedMaps(model, 0.0, 3.0))
     out = tmp_path / "out"
     args = ["prune", "--weights", str(checkpoint), "--out", str(out), "--data", str(data), "--calibrate", "0", "--auto-steps", "3"]
     capsys.readouterr()

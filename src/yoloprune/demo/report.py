@@ -8,6 +8,7 @@ import platform
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import fmean
 
 from yoloprune.fileio import atomic_write_text
 
@@ -166,8 +167,8 @@ def plateau_gain(rows: list[dict], epochs: int) -> tuple[float, int, int] | None
     before = [(epoch, value) for epoch, value in evaluated if epoch <= epochs * 3 / 4]
     if len(before) < 2 or len(evaluated) - len(before) < 2:
         return None
-    mean = lambda pairs: sum(value for _, value in pairs) / len(pairs)  # noqa: E731
-    return mean(evaluated[-2:]) - mean(before[-2:]), before[-1][0], evaluated[-1][0]
+    gain = fmean(value for _, value in evaluated[-2:]) - fmean(value for _, value in before[-2:])
+    return gain, before[-1][0], evaluated[-1][0]
 
 
 def _plateau_text(metrics_csv: Path, epochs: int) -> str:

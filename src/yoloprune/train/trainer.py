@@ -64,7 +64,7 @@ from yoloprune.train.sparsity import (
     apply_bn_sparsity,
     channel_macs,
     latency_sparsity_weights,
-    macs_sparsity_weights,
+    normalised_weights,
     resolve_sparsity_layers,
     sparse_macs_share,
     sparsity_at_epoch,
@@ -163,8 +163,8 @@ class Trainer:
         self.img_size = settings.img_size or self.bare_model.cfg.net.width
         self.sparsity_layers = resolve_sparsity_layers(self.bare_model.cfg, settings.sparsity_layers)
         # From the cfg at the training size, once: the costs do not change while the widths do not.
-        self.sparsity_weights = self._sparsity_weights()
         self.channel_costs = channel_macs(self.bare_model.cfg, self.img_size) if self.sparsity_layers else {}
+        self.sparsity_weights = self._sparsity_weights()
         if settings.teacher_weights is not None:
             self._add_distillation()
         self.loss_fn = YoloLoss.for_model(
@@ -193,7 +193,7 @@ class Trainer:
         if settings.sparsity_weighting == "none" or not self.sparsity_layers:
             return None
         if settings.sparsity_weighting == "macs":
-            weights = macs_sparsity_weights(cfg, self.sparsity_layers, self.img_size)
+            weights = normalised_weights(cfg, self.sparsity_layers, self.channel_costs)  # macs_sparsity_weights, costs computed once
         else:
             from yoloprune.prune.latency import latency_table_for
 
