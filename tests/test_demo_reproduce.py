@@ -113,6 +113,11 @@ def check_report(out: Path) -> None:
     p = PROFILES["quick"]
     assert len(read_metrics_csv(out / "baseline-equal-epochs" / "metrics.csv")) == p.sparse_epochs + p.finetune_epochs
     assert len(read_metrics_csv(out / "scratch" / "metrics.csv")) == p.baseline_epochs + p.sparse_epochs + p.finetune_epochs
+    # the trainings from random init save the weights' average; those from the baseline the weights
+    from yoloprune.darknet.weights import load_checkpoint
+
+    averaged = {name: load_checkpoint(out / name / "last.pt")["meta"]["ema"] for name in ("baseline", "scratch", "sparse", "finetune")}
+    assert averaged == {"baseline": True, "scratch": True, "sparse": False, "finetune": False}
 
 
 def check_reuse(out: Path) -> None:

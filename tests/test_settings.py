@@ -61,7 +61,7 @@ def test_a_train_settings_object_prints_flags_that_rebuild_it():
 
     settings = TrainSettings(
         data="d.data", cfg="c.cfg", out="o", epochs=3, batch_size=4, img_size=96, lr=0.000123456789, optimizer="adam",
-        sparsity=0.004, sparsity_layers="safe", gamma_lr_scale=10.0, augment=False, amp=False, ema=True, skip_bad=True,
+        sparsity=0.004, sparsity_layers="safe", gamma_lr_scale=10.0, augment=False, amp=False, ema=True, ema_decay=0.99, skip_bad=True,
         teacher_weights="t.pt", warmup_epochs=0.0, max_steps=5,
     )
     words = shlex.split(" ".join(to_arguments(settings)))

@@ -210,3 +210,22 @@ def test_overfits_four_images_to_high_map(tmp_path):
     settings = _settings(data, tmp_path / "run", img_size=96, epochs=200, lr=0.02, warmup_epochs=3, sparsity=0.0, eval_every=200)
     result = train(settings)
     assert result.final_metrics["map50"] > 0.8
+
+
+@pytest.mark.parametrize("decay", [0.99, 0.999])
+def test_ema_of_noisy_weights_stays_near_their_mean_after_a_few_horizons(decay):
+    # Oracle: the statistics of an exponential average of i.i.d. noise. Once warmed up, an average over
+    # about 1 / (1 - decay) updates of unit-variance noise has a standard deviation of
+    # sqrt((1 - decay) / (1 + decay)) (0.07 at 0.99): far below the noise itself. A ramp fixed for
+    # long runs (2000 updates) would still be following the latest update here.
+    from yoloprune.train.ema import ModelEMA
+
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    ema = ModelEMA(model, decay=decay)
+    for _ in range(int(5 / (1 - decay))):
+        with torch.no_grad():
+            model.weight.copy_(torch.randn(model.weight.shape, generator=generator))
+        ema.update(model)
+    spread = float(ema.module.weight.std())
+    assert spread < 3 * math.sqrt((1 - decay) / (1 + decay))

@@ -198,9 +198,10 @@ def run_demo(
         data=str(data), img_size=p.img_size, batch_size=p.batch, device=device, workers=workers, eval_every=p.eval_every,
         optimizer=p.optimizer, lr=p.lr,
     )
+    from_scratch = dict(common, ema=True, ema_decay=p.ema_decay) if p.ema_decay is not None else common  # the baseline's recipe
     with run.timed("baseline"):
         log.info("[2/%d] training the baseline (%d epochs)", STAGES, p.baseline_epochs)
-        baseline = run.train("baseline", TrainSettings(cfg=str(cfg), out=str(out / "baseline"), epochs=p.baseline_epochs, **common), {"cfg": cfg})
+        baseline = run.train("baseline", TrainSettings(cfg=str(cfg), out=str(out / "baseline"), epochs=p.baseline_epochs, **from_scratch), {"cfg": cfg})
     teacher = baseline.best or baseline.last
     # The sparse stage's recipe: the equal-epochs control repeats it without the penalty.
     after_baseline = dict(common, warmup_epochs=0.0)
@@ -232,7 +233,7 @@ def run_demo(
             weights=str(teacher), out=str(out / "baseline-equal-epochs"), epochs=extra_epochs, **after_baseline,
         ), {"weights": teacher})
         scratch = run.train("scratch", TrainSettings(
-            cfg=str(pruned_cfg), out=str(out / "scratch"), epochs=total_epochs, **common,
+            cfg=str(pruned_cfg), out=str(out / "scratch"), epochs=total_epochs, **from_scratch,
         ), {"cfg": pruned_cfg})
     with run.timed("bench"):
         log.info("[7/%d] benchmarking every model on the %s split", STAGES, split)

@@ -191,7 +191,8 @@ def _what_was_done(run, p, out_dir: Path, prune_report, small_gamma_share: float
         f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid / {p.test_images} test images at {p.img_size} px "
         f"(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the {split} images.",
         f"- Model: {_model_description(out_dir / 'model.cfg')} (`{out_dir / 'model.cfg'}`)" + _anchor_text(run.anchor_fit) + ", trained from scratch for "
-        f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine)"
+        f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine"
+        + ("" if p.ema_decay is None else f", weights averaged (EMA, decay {p.ema_decay:g}) for evaluation and the saved model") + ")"
         + _plateau_text(out_dir / "baseline" / "metrics.csv", p.baseline_epochs) + ".",
         f"- Sparsity training: {p.sparse_epochs} epochs from the baseline with s = {p.sparsity:g} on every BN γ"
         + (f", s / 100 after {p.sparsity_decay:.0%} of the epochs" if p.sparsity_decay else "")

@@ -84,7 +84,9 @@ class TrainSettings:
     workers: int = option(0, help="data loader worker processes")
     eval_every: int = option(1, help="evaluate on the valid split every K epochs and at the end (0 = never)")
     ema: bool = option(False, help="keep an exponential moving average of the weights; it is evaluated and saved")
-    ema_decay: float = 0.9999
+    ema_decay: float = option(
+        0.9999, help="the average's decay per step: it spans about 1 / (1 - decay) steps (0.99 for runs of tens of epochs)",
+    )
     seed: int = option(0, help="random seed")
     skip_bad: bool = option(False, help="log and skip unreadable images/labels instead of stopping")
     augment: bool = option(True, flag="--no-augment", help="train without augmentation")

@@ -159,7 +159,9 @@ class Trainer:
         seed_everything(settings.seed + self.context.rank)
         resume_state = load_resume_state(self.out_dir) if settings.resume else None
         self.model = self._load_model(resume_state)
-        self.model.to(self.device)
+        # channels-last: the CPU conv kernels train the demo model (x0.25, 96 px, batch 16) about 15 %
+        # faster in it (2-core AVX2); only the memory layout changes (results agree to float rounding).
+        self.model.to(self.device, memory_format=torch.channels_last)
         self.img_size = settings.img_size or self.bare_model.cfg.net.width
         self.sparsity_layers = resolve_sparsity_layers(self.bare_model.cfg, settings.sparsity_layers)
         # From the cfg at the training size, once: the costs do not change while the widths do not.
@@ -337,7 +339,7 @@ class Trainer:
         meter = EpochMeter()
         bar = ProgressBar(self.train_loader, f"epoch {self.epoch + 1}/{settings.epochs}", enabled=self.is_main and settings.progress)
         for self.step_in_epoch, (images, targets, _paths) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             targets = targets.to(self.device)
             loss, parts = self.train_step(images, targets, s)
             meter.add(float(loss.detach()), {name: float(value) for name, value in parts.items()}, images.shape[0])
