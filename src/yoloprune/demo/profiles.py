@@ -17,7 +17,7 @@ TINY_WIDTH_FACTOR = 2
 
 @dataclass(frozen=True)
 class DemoProfile:
-    """Sizes of one demo run. `default` took 38 minutes on an idle 2-core CPU, controls included."""
+    """Sizes of one demo run. `default` took 29 minutes on an idle 2-core CPU, controls included."""
 
     name: str
     train_images: int
@@ -129,7 +129,7 @@ class DemoSettings:
     out: str = option("runs/demo", help="output folder")
     profile: str = option(
         "default", choices=tuple(PROFILES),
-        help="quick: tiny data and few epochs (smoke run); default: about 40 min on a 2-core CPU; "
+        help="quick: tiny data and few epochs (smoke run); default: about 30 min on a 2-core CPU; "
         "lookalikes: the previous default, with look-alikes, occluders and hands cut by the border; "
         "hard: a harder synthetic task at 160 px (about an hour); full: seed-scale, yolov3-hand.cfg at 416 px (GPU)",
     )
