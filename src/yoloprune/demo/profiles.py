@@ -79,14 +79,14 @@ PROFILES = {
     # at 26 at 128 px), the average's by about 0.01, so the report's plateau rule measures the
     # training, not the noise. 96 px, 48 epochs: valid mAP@0.5 0.57 at epoch 16, 0.65 at 24, 0.67 at
     # 32 and 40, 0.66 at 48, +0.0002 over the last quarter (decay 0.99: -0.008; 44 epochs: -0.005;
-    # 40 epochs: +0.011, still rising; final evaluations of these runs lie up to 0.03 apart; 128 px with decay
-    # 0.99 climbs a little higher, 0.69 at epoch 32, but its pipeline does not fit 30 minutes; one run
-    # each). Width x0.25 (configs/yolov3-hand-demo.cfg) is wide enough
-    # that latency follows MACs once pruned (x0.125's early 4- and 8-channel layers cannot shrink and
-    # are overhead-bound). AdamW: on a 10-minute CPU budget it reaches about 1.6x the mAP@0.5 of SGD;
-    # with it the penalised γ need a 10x learning rate to reach 0 in few epochs. The controls train
-    # (sparse + finetune) epochs at full width and all epochs at the pruned width, so the sparse and
-    # finetune stages are kept short.
+    # 40 epochs: +0.011, still rising; the best evaluations of these runs range from 0.667 to 0.689).
+    # 128 px with decay 0.99 climbs a little higher, 0.69 at epoch 32, but its pipeline does not fit
+    # 30 minutes (one run each). Width x0.25 (configs/yolov3-hand-demo.cfg) is wide enough that
+    # latency follows MACs once pruned (x0.125's early 4- and 8-channel layers cannot shrink and are
+    # overhead-bound). AdamW: on a 10-minute CPU budget it reaches about 1.6x the mAP@0.5 of SGD; with
+    # it the penalised γ need a 10x learning rate to reach 0 in few epochs. The controls train (sparse
+    # + finetune) epochs at full width and all epochs at the pruned width, so the sparse and finetune
+    # stages are kept short.
     "default": DemoProfile(
         name="default", train_images=600, val_images=200, test_images=1000, img_size=96, width_multiple=0.25, batch=16,
         baseline_epochs=48, sparse_epochs=10, finetune_epochs=4, lr=0.001, sparsity=0.004, sparsity_decay=None,
@@ -130,7 +130,7 @@ class DemoSettings:
     profile: str = option(
         "default", choices=tuple(PROFILES),
         help="quick: tiny data and few epochs (smoke run); default: about 30 min on a 2-core CPU; "
-        "lookalikes: the previous default, with look-alikes, occluders and hands cut by the border; "
+        "lookalikes: an earlier default at 128 px, with look-alikes, occluders and hands cut by the border; "
         "hard: a harder synthetic task at 160 px (about an hour); full: seed-scale, yolov3-hand.cfg at 416 px (GPU)",
     )
     model: str = option("yolov3", choices=MODELS, help="the detector: YOLOv3 topology, or YOLOv4-tiny at twice the profile's width")
