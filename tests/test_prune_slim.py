@@ -111,20 +111,50 @@ def test_a_round_below_the_tolerance_ends_the_run_with_the_round_before(inputs, 
     assert sorted(p.name for p in out.iterdir()) == ["round1", "slim.json"]
 
 
+def test_a_round_below_the_map5095_floor_fails_though_its_map50_holds(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
+    out = tmp_path / "slim"
+    # scores (kept, kept/3): original (1, 0.333); round 1 (0.5, 0.167), round 2 (0.25, 0.083). mAP@0.5
+    # drops 0.5 then 0.75, both within 0.8; mAP@0.5:0.95 drops 0.167 (within 0.2), then 0.25 (not)
+    assert main(slim_args(inputs, out, "--target-flops", "0.25", "--max-map-drop", "0.8", "--max-map5095-drop", "0.2")) == 0
+    record = json.loads((out / "slim.json").read_text())
+    assert [r["passed"] for r in record["rounds"]] == [True, False] and record["chosen_round"] == 1
+    assert "mAP@0.5:0.95 0.08" in record["stop_reason"] and "below the floor 0.1333" in record["stop_reason"] and "mAP@0.5 " not in record["stop_reason"]
+
+
+def test_the_penalty_runs_in_every_finetuning_but_the_last(inputs, tmp_path):
+    import csv
+
+    out = tmp_path / "slim"
+    assert main(slim_args(inputs, out, "--target-flops", "0.25", "--sparsity", "0.01", "--gamma-lr-scale", "5")) == 0
+
+    def penalty(round_index):
+        with open(out / f"round{round_index}" / "finetune" / "metrics.csv") as f:
+            return {float(row["sparsity"]) for row in csv.DictReader(f)}
+
+    assert penalty(1) == {0.01} and penalty(2) == {0.0}
+
+
 @pytest.mark.parametrize(
     "drop, replace, message",
     [
         ("--data", None, "--data: must be given"),
         ("--rounds", "0", "--rounds: must be a whole number >= 1, got 0"),
-        ("--target-flops", None, "--target-flops: say how far to slim: --target-flops, --max-map-drop, or both"),
+        ("--target-flops --max-map-drop --max-map5095-drop", None, "--target-flops: say how far to slim: --target-flops, --max-map-drop, or both"),
         ("--target-flops", "1.5", "--target-flops: must be in (0, 1], got 1.5"),
         ("--epochs-per-round", "0", "--epochs-per-round: must be a whole number >= 1, got 0"),
+        ("--sparsity", "-1", "--sparsity: must be >= 0, got -1"),
+        ("--gamma-lr-scale", "0", "--gamma-lr-scale: must be > 0, got 0"),
+        ("--max-map-drop", None, "--max-map5095-drop: must be given with --max-map-drop, got 0.01"),
     ],
 )
 def test_bad_settings_are_one_line_errors_and_write_nothing(inputs, tmp_path, capsys, drop, replace, message):
-    args = slim_args(inputs, tmp_path / "slim", "--target-flops", "0.5")
-    at = args.index(drop)
-    args[at : at + 2] = [] if replace is None else [drop, replace]
+    args = slim_args(
+        inputs, tmp_path / "slim", "--target-flops", "0.5", "--max-map-drop", "0.5", "--max-map5095-drop", "0.01", "--sparsity", "0.001", "--gamma-lr-scale", "1",
+    )
+    for flag in drop.split():  # each named flag loses its value, or the first gets the bad one
+        at = args.index(flag)
+        args[at : at + 2] = [] if replace is None else [flag, replace]
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err

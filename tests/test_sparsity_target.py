@@ -48,7 +48,7 @@ def test_a_stalled_share_doubles_s_and_a_resume_keeps_the_raised_s(tiny_data, tm
     gain) s doubles, and again after epoch 5. The run is interrupted in epoch 4 and resumed: epoch 4
     must run at the raised s, which only the checkpoint knows."""
     out = tmp_path / "run"
-    target = dict(sparsity_target=0.5, sparsity_target_threshold=1e-9, epochs=5)
+    target = dict(sparsity_target=0.5, sparsity_target_threshold=1e-9, epochs=5, sparsity_max=1e-3)
     stopped = train(_settings(tiny_data, out, max_steps=7, **target))  # 2 steps per epoch: in epoch 4
     assert stopped.stopped_early and stopped.epochs_completed == 3
     assert load_checkpoint(out / "last.pt")["sparsity_s"] == pytest.approx(2e-4)
@@ -58,6 +58,14 @@ def test_a_stalled_share_doubles_s_and_a_resume_keeps_the_raised_s(tiny_data, tm
     assert all(row["sparse_macs_share"] == 0.0 for row in rows)
     assert not resumed.target_reached and resumed.epochs_completed == 5  # the cap ends it
     assert load_checkpoint(resumed.last)["sparsity_s"] == pytest.approx(4e-4)
+
+
+def test_without_sparsity_max_s_doubles_once(tiny_data, tmp_path):
+    """The same stalled share with the default ceiling: s doubles after epoch 3 and then stays."""
+    result = train(_settings(tiny_data, tmp_path / "run", sparsity_target=0.5, sparsity_target_threshold=1e-9, epochs=6))
+    rows = read_metrics_csv(result.metrics_csv)
+    assert [row["sparsity"] for row in rows] == pytest.approx([1e-4, 1e-4, 1e-4, 2e-4, 2e-4, 2e-4])
+    assert load_checkpoint(result.last)["sparsity_s"] == pytest.approx(2e-4)
 
 
 def nano_table(path: Path, img_size: int = 64) -> Path:

@@ -370,8 +370,8 @@ def test_target_and_latency_settings_are_checked(values, setting, text):
     assert caught.value.setting == setting and text in caught.value.reason
 
 
-def test_the_default_ceiling_is_eight_times_the_starting_s():
+def test_the_default_ceiling_is_twice_the_starting_s():
     from yoloprune.train.settings import TrainSettings
 
-    assert TrainSettings(sparsity=0.002, sparsity_target=0.5).sparsity_ceiling == pytest.approx(0.016)
-    assert TrainSettings(sparsity=0.002, sparsity_target=0.5, sparsity_max=0.004).sparsity_ceiling == 0.004
+    assert TrainSettings(sparsity=0.002, sparsity_target=0.5).sparsity_ceiling == pytest.approx(0.004)
+    assert TrainSettings(sparsity=0.002, sparsity_target=0.5, sparsity_max=0.016).sparsity_ceiling == 0.016

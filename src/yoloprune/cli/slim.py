@@ -16,8 +16,10 @@ def register(subparsers) -> None:
         help="prune in rounds, finetuning (distilled from the original) after each; write OUT/final.pt/.cfg/.weights and OUT/slim.json",
         description="Iterative slimming: each round prunes a slice of what remains (--target-flops F: round r ends at "
         "F^(r/K) of the original MACs; --max-map-drop D alone: the prune mAP search against the round's input), "
-        "re-calibrates BN, finetunes --epochs-per-round epochs distilled from the original model (--weights), and "
-        "checks the finetuned validation mAP@0.5 against the original's minus D. The result is the last round "
+        "re-calibrates BN, finetunes --epochs-per-round epochs distilled from the original model (--weights; with "
+        "--sparsity s, every round but the last finetunes under the γ penalty so that the next cut falls on a sparse "
+        "model), and checks the finetuned validation mAP@0.5 against the original's minus D (and mAP@0.5:0.95 against "
+        "its own minus --max-map5095-drop). The result is the last round "
         "that passed: OUT/final.pt, final.cfg, final.weights; OUT/roundN/prune and OUT/roundN/finetune hold each "
         "round's outputs, OUT/slim.json its numbers. Everything is written into a hidden folder beside OUT that "
         "replaces OUT when the run ends; an existing OUT is replaced only if it holds nothing but a previous "

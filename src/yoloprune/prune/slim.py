@@ -15,8 +15,15 @@ How much a round removes:
 - `max_map_drop=D` alone: each round runs the mAP-tolerance search against the model it starts
   from, then finetunes; the loop ends after K rounds or when a search removes < 1 % of the MACs.
 With `max_map_drop=D` (alone or with a target), a round passes when its finetuned validation
-mAP@0.5 stays within D of the original model's; the first round that fails ends the loop and the
-result is the round before it.
+mAP@0.5 stays within D of the original model's (and its mAP@0.5:0.95 within `max_map5095_drop`, if
+given); the first round that fails ends the loop and the result is the round before it.
+
+`sparsity=s` keeps the L1 penalty on BN γ in the finetuning of every round but the last: finetuned
+without it, the γ the previous cut left small grow back, and the next round ranks a denser model.
+Measured on the default demo's converged detector after 20 sparsity epochs, 2 rounds of 5 epochs
+to 0.20x MACs: test mAP@0.5 0.5947 with s = 0.004, 0.5672 without (paired difference -0.0275,
+measurable); on a less sparse model (the 128 px demo's), round 2's cut without it took validation
+mAP@0.5 from 0.649 to 0.394 before finetuning, where round 1's had lost nothing.
 
 Output folder (`out_dir`): roundN/prune/ (as `prune` writes it), roundN/finetune/ (as `train`
 writes it), slim.json (per round: MACs and params ratios to the original, validation mAPs after
@@ -60,7 +67,26 @@ MIN_ROUND_SAVING = 0.01
 
 
 class SlimToleranceError(YoloPruneError):
-    """Even round 1's finetuned model falls below the original's validation mAP@0.5 minus the tolerance."""
+    """Even round 1's finetuned model falls below the original's validation mAP minus the tolerance."""
+
+
+@dataclass(frozen=True)
+class Floors:
+    """The finetuned validation scores a round must keep: the original model's minus each tolerance
+    (None: that metric is not checked)."""
+
+    map50: float | None
+    map: float | None
+
+    def shortfall(self, map50: float, map_: float) -> str | None:
+        """Which score falls below its floor, in words; None when the round passes."""
+        checks = (("mAP@0.5", map50, self.map50), ("mAP@0.5:0.95", map_, self.map))
+        misses = [f"{name} {value:.4f} below the floor {floor:.4f}" for name, value, floor in checks if floor is not None and value < floor]
+        return " and ".join(misses) or None
+
+    def __str__(self) -> str:
+        floors = [f"{name} {floor:.4f}" for name, floor in (("mAP@0.5", self.map50), ("mAP@0.5:0.95", self.map)) if floor is not None]
+        return "floor " + ", ".join(floors) if floors else "no floor"
 
 
 @dataclass
@@ -124,19 +150,24 @@ class _Slimmer:
 
     def prune_settings(self, target_flops: float | None, layers: int | str) -> PruneSettings:
         s = self.settings
-        amount = {"target_flops": target_flops} if target_flops is not None else {"max_map_drop": s.max_map_drop}
+        if target_flops is not None:
+            amount = {"target_flops": target_flops}
+        else:
+            amount = {"max_map_drop": s.max_map_drop, "max_map5095_drop": s.max_map5095_drop}
         return PruneSettings(
             mode=s.mode, layers=layers, round_to=s.round_to, calibrate=s.calibrate, data=s.data, img_size=self.img_size,
             batch=s.batch, workers=s.workers, auto_steps=s.auto_steps, device=s.device, **amount,
         )
 
-    def train_settings(self, weights: Path, out: Path) -> TrainSettings:
+    def train_settings(self, weights: Path, out: Path, last_round: bool) -> TrainSettings:
         s = self.settings
+        sparsity = 0.0 if last_round else s.sparsity  # the last round's finetuning recovers, the others keep γ sparse
         return TrainSettings(
             data=s.data, weights=str(weights), out=str(out), epochs=s.epochs_per_round, batch_size=s.batch, img_size=self.img_size,
             lr=s.lr, optimizer=s.optimizer, warmup_epochs=s.warmup_epochs, device=s.device, workers=s.workers,
             teacher_cfg=None if self.cfg is None else str(self.cfg), teacher_weights=str(self.model_path),
-            distill_weight=s.distill_weight, eval_every=1, tensorboard=False, progress=False,
+            distill_weight=s.distill_weight, sparsity=sparsity, gamma_lr_scale=s.gamma_lr_scale,
+            eval_every=1, tensorboard=False, progress=False,
         )
 
     def scores(self, model: Darknet) -> tuple[float, float]:
@@ -166,7 +197,7 @@ class _Slimmer:
             record.seconds = time.perf_counter() - start
             return record, None
         finetune_dir = Path(f"round{index}") / "finetune"
-        result = train(self.train_settings(self.staging / prune_dir / "pruned.pt", self.staging / finetune_dir))
+        result = train(self.train_settings(self.staging / prune_dir / "pruned.pt", self.staging / finetune_dir, last_round=index == s.rounds))
         checkpoint = result.best or result.last  # best.pt: the epoch with the highest valid mAP@0.5
         finetuned = load_model(None, checkpoint, self.device).eval()
         record.map50_finetuned, record.map_finetuned = self.scores(finetuned)
@@ -175,8 +206,12 @@ class _Slimmer:
         record.seconds = time.perf_counter() - start
         return record, finetuned
 
-    def floor(self, map50_original: float) -> float | None:
-        return None if self.settings.max_map_drop is None else map50_original - self.settings.max_map_drop
+    def floors(self, map50_original: float, map_original: float) -> Floors:
+        s = self.settings
+        return Floors(
+            None if s.max_map_drop is None else map50_original - s.max_map_drop,
+            None if s.max_map5095_drop is None else map_original - s.max_map5095_drop,
+        )
 
     def write_record(self, original: dict, chosen: SlimRound | None, stop_reason: str) -> None:
         record = {
@@ -187,9 +222,9 @@ class _Slimmer:
         atomic_write_text(self.staging / "slim.json", json.dumps(record, indent=2) + "\n")
 
 
-def _log_round(record: SlimRound, rounds: int, original_map50: float, floor: float | None) -> None:
-    finetuned = "not finetuned" if record.map50_finetuned is None else f"finetuned {record.map50_finetuned:.4f}"
-    check = "" if floor is None else f" (floor {floor:.4f})"
+def _log_round(record: SlimRound, rounds: int, original_map50: float, floors: Floors) -> None:
+    finetuned = "not finetuned" if record.map50_finetuned is None else f"finetuned {record.map50_finetuned:.4f} (mAP@0.5:0.95 {record.map_finetuned:.4f})"
+    check = f" ({floors})"
     verdict = "passed" if record.passed else "failed"
     log.info(
         "slim round %d/%d: MACs x%.3f, params x%.3f of the original; valid mAP@0.5 %.4f -> pruned %.4f, %s%s: %s (%.0f s)",
@@ -211,7 +246,7 @@ def run_slimming(model_path: str | Path, settings: SlimSettings, out_dir: str | 
         slim = _Slimmer(model_path, cfg, settings, staging)
         map50_0, map_0 = slim.scores(slim.original)
         original = {"macs": slim.macs0, "params": slim.params0, "map50": map50_0, "map": map_0}
-        floor = slim.floor(map50_0)
+        floors = slim.floors(map50_0, map_0)
         log.info("slim: original MACs %.4f G, params %d, valid mAP@0.5 %.4f, mAP@0.5:0.95 %.4f", slim.macs0 / 1e9, slim.params0, map50_0, map_0)
         model, source = slim.original, str(model_path)
         chosen, final_model, stop_reason = None, None, f"completed {settings.rounds} rounds"
@@ -220,14 +255,15 @@ def run_slimming(model_path: str | Path, settings: SlimSettings, out_dir: str | 
             slim.rounds.append(record)
             if finetuned is None:
                 record.passed = False
-                _log_round(record, settings.rounds, map50_0, floor)
+                _log_round(record, settings.rounds, map50_0, floors)
                 stop_reason = f"round {index}: the mAP search removed less than {MIN_ROUND_SAVING:.0%} of its input's MACs"
                 slim.write_record(original, chosen, stop_reason)
                 break
-            record.passed = floor is None or record.map50_finetuned >= floor
-            _log_round(record, settings.rounds, map50_0, floor)
+            shortfall = floors.shortfall(record.map50_finetuned, record.map_finetuned)
+            record.passed = shortfall is None
+            _log_round(record, settings.rounds, map50_0, floors)
             if not record.passed:
-                stop_reason = f"round {index}: finetuned valid mAP@0.5 {record.map50_finetuned:.4f} below the floor {floor:.4f}"
+                stop_reason = f"round {index}: finetuned valid {shortfall}"
                 slim.write_record(original, chosen, stop_reason)
                 break
             chosen, final_model = record, finetuned
@@ -239,9 +275,10 @@ def run_slimming(model_path: str | Path, settings: SlimSettings, out_dir: str | 
                 reason = f"round 1's mAP search removed only {1 - first.macs_ratio:.1%} of the MACs: nothing to slim within `max_map_drop`"
             else:
                 reason = (
-                    f"no round keeps valid mAP@0.5 within {settings.max_map_drop:g} of the original model's {map50_0:.4f} (floor {floor:.4f}): "
-                    f"the closest, round 1 (MACs x{first.macs_ratio:.3f}), scores {first.map50_finetuned:.4f} after finetuning "
-                    f"({first.map50_pruned:.4f} as pruned); allow a larger drop (`max_map_drop`), prune less per round "
+                    f"no round keeps its valid mAP within the tolerance of the original model's {map50_0:.4f} / {map_0:.4f} "
+                    f"(mAP@0.5 / mAP@0.5:0.95; {floors}): the closest, round 1 (MACs x{first.macs_ratio:.3f}), scores "
+                    f"{first.map50_finetuned:.4f} / {first.map_finetuned:.4f} after finetuning ({first.map50_pruned:.4f} / "
+                    f"{first.map_pruned:.4f} as pruned); allow a larger drop (`max_map_drop`, `max_map5095_drop`), prune less per round "
                     f"(more `rounds`) or finetune longer (`epochs_per_round`)"
                 )
             failure = SlimToleranceError(f"{out_dir}: {reason}; its numbers are in {out_dir / 'slim.json'}")

@@ -29,6 +29,11 @@ class SlimSettings:
         "round that fails stops the loop. Without --target-flops, each round also prunes as far as this "
         "tolerance allows against the model it starts with (the prune --max-map-drop search)",
     )
+    max_map5095_drop: float | None = option(
+        None,
+        help="with --max-map-drop: a round passes only if its finetuned valid mAP@0.5:0.95 also stays within this "
+        "of the original model's (and each mAP search holds it too)",
+    )
     epochs_per_round: int = option(2, help="finetuning epochs after each round's pruning")
     lr: float = option(0.01, help="peak finetuning learning rate (cosine schedule)")
     optimizer: str = option("sgd", choices=OPTIMIZERS, help="finetuning optimizer: sgd or adam (AdamW; try --lr 0.0005)")
@@ -36,6 +41,12 @@ class SlimSettings:
     # re-learning what the weights already hold (the demo finetunes with none).
     warmup_epochs: float = option(0.0, help="linear learning-rate warmup of each finetuning, in epochs")
     distill_weight: float = option(1.0, help="weight of the distillation term (the teacher is the original model, --weights)")
+    # Finetuning without the penalty lets the small γ grow back, so the next round's cut falls on a
+    # dense model again and costs far more than the first; the penalty keeps γ sparse between cuts.
+    sparsity: float = option(
+        0.0, help="BN-γ L1 weight s in the finetuning of every round but the last, so that the next round cuts a sparse model again (0 = off)",
+    )
+    gamma_lr_scale: float = option(1.0, help="learning-rate multiplier for the penalised BN γ in those finetunings (~10 with --optimizer adam)")
     mode: str = option("full", choices=PRUNE_MODES, help="which convs are candidates, as in prune --mode")
     layers: int | str = option(
         0, parse=parse_layers,
@@ -62,11 +73,14 @@ class SlimSettings:
             raise SettingsError("target_flops", "say how far to slim: `target_flops`, `max_map_drop`, or both")
         require(self.target_flops is None or 0 < self.target_flops <= 1, "target_flops", "in (0, 1]", self.target_flops)
         require(self.max_map_drop is None or self.max_map_drop >= 0, "max_map_drop", ">= 0", self.max_map_drop)
+        require(self.max_map5095_drop is None or self.max_map_drop is not None, "max_map5095_drop", "given with `max_map_drop`", self.max_map5095_drop)
+        require(self.max_map5095_drop is None or self.max_map5095_drop >= 0, "max_map5095_drop", ">= 0", self.max_map5095_drop)
         require(is_whole(self.epochs_per_round) and self.epochs_per_round >= 1, "epochs_per_round", "a whole number >= 1", self.epochs_per_round)
         require(self.lr > 0, "lr", "> 0", self.lr)
         require(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS), self.optimizer)
-        for name in ("warmup_epochs", "distill_weight"):
+        for name in ("warmup_epochs", "distill_weight", "sparsity"):
             require(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+        require(self.gamma_lr_scale > 0, "gamma_lr_scale", "> 0", self.gamma_lr_scale)
         require(self.mode in PRUNE_MODES, "mode", " or ".join(PRUNE_MODES), self.mode)
         require(self.layers == "auto" or (is_whole(self.layers) and self.layers >= 0), "layers", "a block count >= 0 or 'auto'", self.layers)
         if self.layers == "auto" and (self.max_map_drop is None or self.target_flops is not None):
