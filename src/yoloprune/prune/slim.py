@@ -49,7 +49,7 @@ from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
 from yoloprune.errors import YoloPruneError
 from yoloprune.fileio import atomic_directory, atomic_write_text, check_replaceable_folder
-from yoloprune.prune.auto import as_map_scores
+from yoloprune.prune.auto import MapFloors, MapScores, as_map_scores
 from yoloprune.prune.run import make_map_evaluator, run_pruning
 from yoloprune.prune.settings import PruneSettings
 from yoloprune.prune.slim_settings import SlimSettings
@@ -70,23 +70,24 @@ class SlimToleranceError(YoloPruneError):
     """Even round 1's finetuned model falls below the original's validation mAP minus the tolerance."""
 
 
-@dataclass(frozen=True)
-class Floors:
-    """The finetuned validation scores a round must keep: the original model's minus each tolerance
-    (None: that metric is not checked)."""
+def _floors_by_name(floors: MapFloors | None) -> dict[str, float]:
+    """Each checked metric's name -> its floor; empty without floors."""
+    if floors is None:
+        return {}
+    return {"mAP@0.5": floors.map50} | ({} if floors.map is None else {"mAP@0.5:0.95": floors.map})
 
-    map50: float | None
-    map: float | None
 
-    def shortfall(self, map50: float, map_: float) -> str | None:
-        """Which score falls below its floor, in words; None when the round passes."""
-        checks = (("mAP@0.5", map50, self.map50), ("mAP@0.5:0.95", map_, self.map))
-        misses = [f"{name} {value:.4f} below the floor {floor:.4f}" for name, value, floor in checks if floor is not None and value < floor]
-        return " and ".join(misses) or None
+def _shortfall(floors: MapFloors | None, scores: MapScores) -> str | None:
+    """Which finetuned score falls below its floor, in words; None when the round passes."""
+    if floors is None:
+        return None
+    by_name, value = _floors_by_name(floors), {"mAP@0.5": scores.map50, "mAP@0.5:0.95": scores.map}
+    return " and ".join(f"{name} {value[name]:.4f} below the floor {by_name[name]:.4f}" for name in floors.failed(scores)) or None
 
-    def __str__(self) -> str:
-        floors = [f"{name} {floor:.4f}" for name, floor in (("mAP@0.5", self.map50), ("mAP@0.5:0.95", self.map)) if floor is not None]
-        return "floor " + ", ".join(floors) if floors else "no floor"
+
+def _describe(floors: MapFloors | None) -> str:
+    by_name = _floors_by_name(floors)
+    return "floor " + ", ".join(f"{name} {floor:.4f}" for name, floor in by_name.items()) if by_name else "no floor"
 
 
 @dataclass
@@ -206,12 +207,11 @@ class _Slimmer:
         record.seconds = time.perf_counter() - start
         return record, finetuned
 
-    def floors(self, map50_original: float, map_original: float) -> Floors:
+    def floors(self, original: MapScores) -> MapFloors | None:
+        """What a finetuned round must keep (the prune search's floors, against the original model);
+        None without `max_map_drop` (`max_map5095_drop` needs it)."""
         s = self.settings
-        return Floors(
-            None if s.max_map_drop is None else map50_original - s.max_map_drop,
-            None if s.max_map5095_drop is None else map_original - s.max_map5095_drop,
-        )
+        return None if s.max_map_drop is None else MapFloors.below(original, s.max_map_drop, s.max_map5095_drop)
 
     def write_record(self, original: dict, chosen: SlimRound | None, stop_reason: str) -> None:
         record = {
@@ -222,9 +222,9 @@ class _Slimmer:
         atomic_write_text(self.staging / "slim.json", json.dumps(record, indent=2) + "\n")
 
 
-def _log_round(record: SlimRound, rounds: int, original_map50: float, floors: Floors) -> None:
+def _log_round(record: SlimRound, rounds: int, original_map50: float, floors: MapFloors | None) -> None:
     finetuned = "not finetuned" if record.map50_finetuned is None else f"finetuned {record.map50_finetuned:.4f} (mAP@0.5:0.95 {record.map_finetuned:.4f})"
-    check = f" ({floors})"
+    check = f" ({_describe(floors)})"
     verdict = "passed" if record.passed else "failed"
     log.info(
         "slim round %d/%d: MACs x%.3f, params x%.3f of the original; valid mAP@0.5 %.4f -> pruned %.4f, %s%s: %s (%.0f s)",
@@ -246,7 +246,7 @@ def run_slimming(model_path: str | Path, settings: SlimSettings, out_dir: str | 
         slim = _Slimmer(model_path, cfg, settings, staging)
         map50_0, map_0 = slim.scores(slim.original)
         original = {"macs": slim.macs0, "params": slim.params0, "map50": map50_0, "map": map_0}
-        floors = slim.floors(map50_0, map_0)
+        floors = slim.floors(MapScores(map50_0, map_0))
         log.info("slim: original MACs %.4f G, params %d, valid mAP@0.5 %.4f, mAP@0.5:0.95 %.4f", slim.macs0 / 1e9, slim.params0, map50_0, map_0)
         model, source = slim.original, str(model_path)
         chosen, final_model, stop_reason = None, None, f"completed {settings.rounds} rounds"
@@ -259,7 +259,7 @@ def run_slimming(model_path: str | Path, settings: SlimSettings, out_dir: str | 
                 stop_reason = f"round {index}: the mAP search removed less than {MIN_ROUND_SAVING:.0%} of its input's MACs"
                 slim.write_record(original, chosen, stop_reason)
                 break
-            shortfall = floors.shortfall(record.map50_finetuned, record.map_finetuned)
+            shortfall = _shortfall(floors, MapScores(record.map50_finetuned, record.map_finetuned))
             record.passed = shortfall is None
             _log_round(record, settings.rounds, map50_0, floors)
             if not record.passed:
@@ -276,7 +276,7 @@ def run_slimming(model_path: str | Path, settings: SlimSettings, out_dir: str | 
             else:
                 reason = (
                     f"no round keeps its valid mAP within the tolerance of the original model's {map50_0:.4f} / {map_0:.4f} "
-                    f"(mAP@0.5 / mAP@0.5:0.95; {floors}): the closest, round 1 (MACs x{first.macs_ratio:.3f}), scores "
+                    f"(mAP@0.5 / mAP@0.5:0.95; {_describe(floors)}): the closest, round 1 (MACs x{first.macs_ratio:.3f}), scores "
                     f"{first.map50_finetuned:.4f} / {first.map_finetuned:.4f} after finetuning ({first.map50_pruned:.4f} / "
                     f"{first.map_pruned:.4f} as pruned); allow a larger drop (`max_map_drop`, `max_map5095_drop`), prune less per round "
                     f"(more `rounds`) or finetune longer (`epochs_per_round`)"
