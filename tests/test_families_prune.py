@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from helpers import FIXTURES, GROUPED_ROUTE, OPENCV_BN_EPS, calibrate_bn, cfg_text, conv, opencv_model_heads, random_darknet, random_model
-from yoloprune.darknet.graph import analyze_graph, count_cfg_macs, part_channels, residual_blocks
+from yoloprune.darknet.graph import analyze_graph, count_cfg_macs, residual_blocks
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune import mask_model, plan_channel_prune, prune_model
 from yoloprune.prune.apply import zero_removed_gammas
@@ -38,13 +38,13 @@ CASES = [
 
 def zero_a_third_of_every_prunable_set(model: Darknet) -> int:
     """γ = β = 0 on every third channel (from a per-set start) of every prunable channel set, in all of
-    the set's convs; returns how many channel positions were zeroed. With route groups a set's parts
-    lose the same positions, which is what the planner keeps coupled."""
+    the set's convs; returns how many channel positions were zeroed. With route groups every part
+    loses the same number of channels, as the planner requires."""
     zeroed = 0
     with torch.no_grad():
         for group in analyze_graph(model.cfg).prunable_groups():
-            positions = range(group.root % 3, group.channels // group.parts, 3)
-            channels = part_channels(positions, group.parts, group.channels // group.parts)
+            width = group.channels // group.parts
+            channels = [part * width + c for part in range(group.parts) for c in range(group.root % 3, width, 3)]
             for idx in group.convs:
                 model.layers[idx].bn.weight[channels] = 0
                 model.layers[idx].bn.bias[channels] = 0
@@ -121,18 +121,41 @@ def test_yolov3_tiny_prn_prunes_around_its_unequal_shortcuts():
 
 
 @pytest.mark.parametrize("mode", ["safe", "full"])
-def test_yolov4_tiny_prunes_the_convs_read_through_route_groups_by_coupled_halves(mode):
+def test_yolov4_tiny_prunes_the_convs_read_through_route_groups_by_equal_halves(mode):
     model = random_model(str(FIXTURES / "yolov4-tiny.cfg")).eval()
     plan = plan_channel_prune(model, mode, ratio=0.5)
     for conv_idx in (2, 10, 18):  # each read by `[route] groups=2 group_id=1` right after it
         half = model.out_channels[conv_idx] // 2
         kept = torch.tensor(plan.kept_channels[conv_idx])
         assert 0 < len(kept) < 2 * half
-        assert torch.equal(kept[kept < half], kept[kept >= half] - half)
+        assert (kept < half).sum() == (kept >= half).sum()
+        # each half keeps its own most important channels (the convs of its set share their channels)
+        gamma = torch.stack([model.layers[idx].bn.weight.detach().abs() for idx in analyze_graph(model.cfg).group_for(conv_idx).convs]).amax(0)
+        for part in (kept[kept < half], kept[kept >= half]):
+            lo = int(part[0]) // half * half
+            others = torch.tensor(sorted(set(range(lo, lo + half)) - set(part.tolist())), dtype=torch.long)
+            if mode == "full" and len(others):
+                assert gamma[part].min() >= gamma[others].max()
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for compact, masked in zip(prune_model(model, plan).forward_heads(x), mask_model(model, plan).forward_heads(x)):
             assert (compact - masked).abs().max() <= 1e-4 * masked.abs().max()
+
+
+def test_the_halves_of_a_grouped_route_pair_their_channels_by_rank_not_by_index():
+    # conv 0's first half needs channels 0, 1, its second half channels 6, 7 (positions 2, 3): paired
+    # by index every position would stay; by rank each half keeps its two, and the model is unchanged
+    text = cfg_text(conv(8), GROUPED_ROUTE, conv(6), "[route]\nlayers=0,-1\n", conv(6), size=32)
+    model = random_darknet(text, seed=3)
+    with torch.no_grad():
+        model.layers[0].bn.weight[[2, 3, 4, 5]] = 0.0
+        model.layers[0].bn.bias[[2, 3, 4, 5]] = 0.0
+    plan = plan_channel_prune(model, "full", threshold=1e-6)
+    assert plan.kept_channels[0] == [0, 1, 6, 7]
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (expected,), (actual,) = model.forward_heads(x), prune_model(model, plan).forward_heads(x)
+    assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_removed_constants_fold_through_route_groups_maxpools_and_concatenations():

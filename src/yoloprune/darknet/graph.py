@@ -12,8 +12,8 @@ removing a channel there would have to remove the same channel from every summan
 routes, upsamples and maxpools pass channels through unchanged, so ties propagate through them.
 
 A channel set read whole through a `[route] groups=G` (yolov4-tiny's CSP halves) is split into G
-equal parts: channel c of every part is kept or removed together (`ChannelGroup.parts`), so the parts
-stay equal and the route still reads the part it read before, minus the removed positions.
+equal parts (`ChannelGroup.parts`) that must keep equal numbers of channels, so that the route still
+reads the part it read before, minus its removed channels.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class ChannelGroup:
     """Convs whose outputs form one channel set: summed by [shortcut]s, they must keep the same channels.
 
     A set read through a [route] with `groups` has `parts` > 1: its channels are `parts` equal runs
-    (the route's groups), and position c of every run is pruned together (`part_channels`)."""
+    (the route's groups), each of which keeps the same number of channels."""
 
     convs: tuple[int, ...]
     channels: int
@@ -162,11 +162,6 @@ class ChannelGroup:
     @property
     def root(self) -> int:
         return self.convs[0]
-
-
-def part_channels(positions, parts: int, part_width: int) -> list[int]:
-    """The channels at `positions` (< part_width) of every one of `parts` equal runs, ascending."""
-    return sorted(part * part_width + int(c) for part in range(parts) for c in positions)
 
 
 @dataclass
@@ -242,8 +237,8 @@ def analyze_graph(cfg: DarknetCfg) -> DarknetGraph:
     is read by a [route] with `groups` through a concatenation or a slice (a part boundary would fall
     inside another set) or by routes of different `groups`, or is summed by a [shortcut] with
     something that is not exactly one whole channel set of the same width (darknet then sums the
-    leading channels only). A whole set read by a grouped route stays prunable with its parts
-    coupled (module docstring).
+    leading channels only). A whole set read by a grouped route stays prunable, its parts
+    keeping equal numbers of channels (module docstring).
     """
     out_channels = cfg.out_channels
     union = _UnionFind()

@@ -190,7 +190,7 @@ def _shortcut_kept(idx: int, inputs: list[int], first: torch.Tensor, second: tor
 def _check_equal_parts(idx: int, j: int, indices: torch.Tensor, width: int, groups: int) -> None:
     """A grouped route splits its pruned input into `groups` equal parts again: each original part
     must keep the same number of channels, or the split would read across the part boundaries
-    (the planner couples the parts' positions, `darknet.graph.ChannelGroup.parts`)."""
+    (the planner keeps equal numbers, `darknet.graph.ChannelGroup.parts`)."""
     counts = torch.bincount(indices // width, minlength=groups)
     if not torch.all(counts == counts[0]):
         raise ValueError(f"route {idx} splits layer {j} into {groups} groups, whose kept channels differ in number: {counts.tolist()}")
