@@ -79,6 +79,7 @@ def test_plan_only_writes_just_the_plan(tmp_path):
         (["--ratio", "0.5", "--img-size", "100"], "--img-size: must be a positive multiple of 32, got 100"),
         (["--ratio", "0.5", "--layers", "auto"], "--layers: must be a count unless --max-map-drop is given"),
         (["--ratio", "0.5", "--threshold", "0.1"], "--threshold: give one of --ratio, --threshold"),
+        (["--target-latency", "0.5", "--refine", "-1"], "--refine: must be a whole number >= 0, got -1"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):

@@ -16,7 +16,7 @@ from yoloprune.darknet.cfg import ConvBlock
 from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.weights import save_checkpoint
 from yoloprune.prune.channel import BUDGET_TOLERANCE, plan_channel_prune
-from yoloprune.prune.latency import UnitLatency
+from yoloprune.prune.latency import REFINE_TOLERANCE, UnitLatency, refine_to_measured
 from yoloprune.prune.plan import PrunePlan
 
 KEY = {"cpu": "scripted", "runtime": "ort", "runtime_version": "scripted", "threads": 1, "img_size": 64}
@@ -103,6 +103,30 @@ def test_the_budget_lands_on_the_target_predicted_latency(target):
     assert plan.settings["predicted_ms_before"] == pytest.approx(scripted_latency(model.cfg), rel=1e-9)
 
 
+@pytest.mark.parametrize("slower", [0.75, 1.3])
+def test_refine_plans_again_until_the_measured_ratio_lands(slower):
+    """A runtime on which the compact model runs at `slower` x the ratio the table predicts: the
+    first plan misses, the second is made for the target corrected by the miss and lands."""
+    from yoloprune.prune.apply import prune_model
+
+    model = random_model(str(CONFIGS / "yolov3-hand-demo.cfg")).eval()
+    table = build_table(model.cfg, 128, nano_timer, dict(KEY, img_size=128), progress=False)
+
+    def replan(budget):
+        return plan_channel_prune(model, "full", target_latency=budget, latency=table, img_size=128)
+
+    def measure(original, compact, table):
+        assert original is model
+        return {"measured_ratio": slower * scripted_latency(compact.cfg) / scripted_latency(model.cfg)}
+
+    plan, attempts = refine_to_measured(model, replan(0.5), replan, prune_model, table, 0.5, steps=3, measure=measure)
+    assert [a["budget"] for a in attempts][:1] == [0.5] and len(attempts) == 2
+    assert abs(attempts[0]["measured_ratio"] / 0.5 - 1) > REFINE_TOLERANCE
+    assert abs(attempts[-1]["measured_ratio"] / 0.5 - 1) <= REFINE_TOLERANCE
+    assert attempts[1]["budget"] == pytest.approx(0.5 / slower, rel=BUDGET_TOLERANCE)
+    assert plan.settings["target_latency"] == attempts[1]["budget"]
+
+
 def test_a_latency_budget_needs_a_table():
     with pytest.raises(ValueError, match="latency table"):
         plan_channel_prune(sparse_nano(), "full", target_latency=0.5)
@@ -164,6 +188,9 @@ def test_prune_with_a_latency_budget_end_to_end(tmp_path, monkeypatch, capsys, n
     for name in ("predicted_ms_before", "predicted_ms_after", "measured_ms_before", "measured_ms_after"):
         assert latency[name] > 0
     assert latency["predicted_ratio"] == pytest.approx(plan.settings["predicted_latency_ratio"])
+    # --refine (default 2): the first plan was made for the target itself and measured
+    assert latency["attempts"][0]["budget"] == 0.6 and 1 <= len(latency["attempts"]) <= 2
+    assert "latency plans (--refine)" in printed and plan.settings["table_budget"] > 0
     # without --latency-table the table comes from the cache (built here, at this size and thread count)
     torch.set_num_threads(1)
     assert main(["prune", *weights, "--out", str(tmp_path / "out2"), "--target-latency", "0.6", "--plan-only"]) == 0

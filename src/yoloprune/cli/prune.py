@@ -59,6 +59,9 @@ def run_prune(args: argparse.Namespace) -> int:
             f"({lat['predicted_ms_before']:.2f} -> {lat['predicted_ms_after']:.2f} ms), measured x{lat['measured_ratio']:.3f} "
             f"({lat['measured_ms_before']:.2f} -> {lat['measured_ms_after']:.2f} ms, {lat['runs']} interleaved runs each)"
         )
+        if lat.get("attempts"):
+            steps = "; ".join(f"planned x{a['budget']:.3f} on the table, measured x{a['measured_ratio']:.3f}" for a in lat["attempts"])
+            print(f"latency plans (--refine): {steps}")
     if report.folding is not None:
         print(
             f"folding, valid mAP@0.5: removed channels' γ set to 0 {report.folding['map50_zeroed_gamma']:.4f}, "

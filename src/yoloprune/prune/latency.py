@@ -10,7 +10,8 @@ rounding need; the budget itself is always checked on the whole pruned cfg (`Lat
 
 `latency_table_for` finds the table a pruning run (or a latency-weighted sparsity training,
 `train.sparsity.channel_latency`) uses and `measure_latency` checks its prediction on the compact
-model afterwards.
+model afterwards. `refine_to_measured` closes the loop: where the measured ratio misses the target,
+the budget given to the table is corrected by the miss and the plan made again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.graph import ResidualBlock
 
 log = logging.getLogger(__name__)
+
+# Relative: a measured latency ratio this close to the target needs no new plan. The measurement's
+# own scatter on a shared 2-core machine is about this size (three series of 10 runs).
+REFINE_TOLERANCE = 0.05
 
 
 class UnitLatency:
@@ -129,3 +134,27 @@ def measure_latency(model, pruned, table: LatencyTable, runs: int = 10, warmup: 
         "predicted_ms_before": predicted_before, "predicted_ms_after": predicted_after, "predicted_ratio": predicted_after / predicted_before,
         "measured_ms_before": median(before), "measured_ms_after": median(after), "measured_ratio": series_ratios(series, "original")["pruned"],
     }
+
+
+def refine_to_measured(model, plan, replan, apply, table: LatencyTable, target: float, steps: int, measure=measure_latency):
+    """`plan` (made for the latency `target` on `table`), made again up to `steps` times until the
+    compact model `apply(model, plan)` measures within REFINE_TOLERANCE of the target. Each miss is
+    taken as the table's error, a factor that holds near this width: the next budget on the table is
+    the plan's predicted ratio × target / measured ratio, and `replan(budget)` plans for it. The
+    table's error is largest near a model's floor, where what is left is mostly per-layer overhead
+    and the calibration's models (every block kept) differ most from the compact one. Returns the
+    last plan and one record per measurement (the budget planned for and `measure`'s result)."""
+    budget, attempts = target, []
+    for _ in range(steps):
+        measured = measure(model, apply(model, plan), table)
+        attempts.append({"budget": budget, **measured})
+        miss = measured["measured_ratio"] / target
+        if abs(miss - 1) <= REFINE_TOLERANCE:
+            break
+        budget = min(1.0, plan.settings["predicted_latency_ratio"] / miss)
+        log.info(
+            "latency: planned for x%.3f on the table, measured x%.3f against the target x%.3f; planning again for x%.3f",
+            attempts[-1]["budget"], measured["measured_ratio"], target, budget,
+        )
+        plan = replan(budget)
+    return plan, attempts

@@ -21,7 +21,7 @@ from yoloprune.prune.apply import prune_model, zero_removed_gammas
 from yoloprune.prune.auto import AutoPruneResult, as_map_scores, search_max_pruning
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.importance import IMPORTANCES
-from yoloprune.prune.latency import latency_table_for, measure_latency
+from yoloprune.prune.latency import latency_table_for, measure_latency, refine_to_measured
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
 from yoloprune.prune.report import PRUNED_FILES, PruneReport, build_prune_report, write_prune_outputs
@@ -134,6 +134,12 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
             latency=latency,
             **common,
         )
+    attempts = None
+    if latency is not None and auto_result is None and settings.refine and not settings.plan_only:
+        replan = lambda budget: plan_channel_prune(model, settings.mode, target_latency=budget, latency=latency, **common)  # noqa: E731
+        plan, attempts = refine_to_measured(model, plan, replan, prune_model, latency, settings.target_latency, settings.refine)
+        # the plan records the budget it was made for on the table, and the target it serves
+        plan.settings.update(table_budget=plan.settings["target_latency"], target_latency=settings.target_latency)
     plan.settings["importance"] = settings.importance  # the plan's threshold is in its units
     if source is not None:
         plan.settings["source"] = source
@@ -152,6 +158,8 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
                 report.auto = auto_result.to_dict()
             if latency is not None:
                 report.latency = measure_latency(model, pruned, latency)
+                if attempts is not None:
+                    report.latency["attempts"] = attempts
             written += list(write_prune_outputs(staging, pruned, report, plan))
             plot_channels(report, staging / "channels.png")
             written.append("channels.png")

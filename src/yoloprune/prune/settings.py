@@ -60,6 +60,11 @@ class PruneSettings:
         help="latency table JSON for --target-latency (`yoloprune latency-table`); without one, a table is built "
         "for the cfg at the input size with the current thread count, or reused from the cache",
     )
+    refine: int = option(
+        2,
+        help="with --target-latency alone: plan again up to this many times while the compact model, timed against "
+        "the original, misses the target by more than 5 %%, with the budget on the table corrected by the miss (0: the table's plan)",
+    )
     max_map_drop: float | None = option(
         None,
         help="with --data: the most pruning whose valid mAP@0.5 stays within this of the unpruned model "
@@ -114,6 +119,7 @@ class PruneSettings:
         for name in ("runtime", "latency_table"):
             require(getattr(self, name) is None or self.target_latency is not None, name, "given with `target_latency`", getattr(self, name))
         require(self.runtime is None or self.runtime in LATENCY_RUNTIMES, "runtime", " or ".join(LATENCY_RUNTIMES), self.runtime)
+        require(is_whole(self.refine) and self.refine >= 0, "refine", "a whole number >= 0", self.refine)
         require(self.threshold is None or self.threshold >= 0, "threshold", ">= 0", self.threshold)
         require(self.max_map_drop is None or self.max_map_drop >= 0, "max_map_drop", ">= 0", self.max_map_drop)
         require(self.max_map_drop is None or bool(self.data), "max_map_drop", "given with `data` (the mAP is measured on its valid split)", self.max_map_drop)
