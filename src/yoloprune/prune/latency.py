@@ -27,8 +27,10 @@ from yoloprune.darknet.graph import ResidualBlock
 
 log = logging.getLogger(__name__)
 
-# Relative: a measured latency ratio this close to the target needs no new plan. The measurement's
-# own scatter on a shared 2-core machine is about this size (three series of 10 runs).
+# Relative: a measured latency ratio this close to the target needs no new plan. On this project's
+# shared 2-core machine one pair of models timed five times in a row scattered by about ±6 % on one
+# thread and ±10 % on two, whatever the runs per series, so there a re-plan can follow noise; the
+# number of re-plans (`--refine`) is bounded for that reason.
 REFINE_TOLERANCE = 0.05
 
 

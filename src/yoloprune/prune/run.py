@@ -136,7 +136,9 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
         )
     attempts = None
     if latency is not None and auto_result is None and settings.refine and not settings.plan_only:
-        replan = lambda budget: plan_channel_prune(model, settings.mode, target_latency=budget, latency=latency, **common)  # noqa: E731
+        def replan(budget: float) -> PrunePlan:
+            return plan_channel_prune(model, settings.mode, target_latency=budget, latency=latency, **common)
+
         plan, attempts = refine_to_measured(model, plan, replan, prune_model, latency, settings.target_latency, settings.refine)
         # the plan records the budget it was made for on the table, and the target it serves
         plan.settings.update(table_budget=plan.settings["target_latency"], target_latency=settings.target_latency)
