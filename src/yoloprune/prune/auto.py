@@ -49,6 +49,9 @@ class MapScores(NamedTuple):
     map50: float
     map: float | None = None
 
+    def by_name(self) -> dict[str, float | None]:
+        return {"mAP@0.5": self.map50, "mAP@0.5:0.95": self.map}
+
 
 def as_map_scores(value) -> MapScores:
     """An evaluator's answer as `MapScores`: a number is mAP@0.5 alone, a pair is (mAP@0.5, mAP@0.5:0.95),
@@ -73,12 +76,14 @@ class MapFloors:
     def below(cls, baseline: MapScores, max_map_drop: float, max_map5095_drop: float | None, share: float = 1.0) -> "MapFloors":
         return cls(baseline.map50 - share * max_map_drop, None if max_map5095_drop is None else baseline.map - share * max_map5095_drop)
 
+    def by_name(self) -> dict[str, float]:
+        """Each checked metric's name -> its floor."""
+        return {"mAP@0.5": self.map50} | ({} if self.map is None else {"mAP@0.5:0.95": self.map})
+
     def failed(self, scores: MapScores) -> list[str]:
         """The metrics `scores` fall below their floor on, by name."""
-        names = ["mAP@0.5"] if scores.map50 < self.map50 else []
-        if self.map is not None and scores.map < self.map:
-            names.append("mAP@0.5:0.95")
-        return names
+        values = scores.by_name()
+        return [name for name, floor in self.by_name().items() if values[name] < floor]
 
     def margin(self, scores: MapScores) -> float:
         """How far the worse metric lies above (> 0) or below (< 0) its floor: the closest trial has the largest."""

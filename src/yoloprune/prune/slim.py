@@ -70,24 +70,18 @@ class SlimToleranceError(YoloPruneError):
     """Even round 1's finetuned model falls below the original's validation mAP minus the tolerance."""
 
 
-def _floors_by_name(floors: MapFloors | None) -> dict[str, float]:
-    """Each checked metric's name -> its floor; empty without floors."""
-    if floors is None:
-        return {}
-    return {"mAP@0.5": floors.map50} | ({} if floors.map is None else {"mAP@0.5:0.95": floors.map})
-
-
 def _shortfall(floors: MapFloors | None, scores: MapScores) -> str | None:
     """Which finetuned score falls below its floor, in words; None when the round passes."""
     if floors is None:
         return None
-    by_name, value = _floors_by_name(floors), {"mAP@0.5": scores.map50, "mAP@0.5:0.95": scores.map}
-    return " and ".join(f"{name} {value[name]:.4f} below the floor {by_name[name]:.4f}" for name in floors.failed(scores)) or None
+    floor, value = floors.by_name(), scores.by_name()
+    return " and ".join(f"{name} {value[name]:.4f} below the floor {floor[name]:.4f}" for name in floors.failed(scores)) or None
 
 
 def _describe(floors: MapFloors | None) -> str:
-    by_name = _floors_by_name(floors)
-    return "floor " + ", ".join(f"{name} {floor:.4f}" for name, floor in by_name.items()) if by_name else "no floor"
+    if floors is None:
+        return "no floor"
+    return "floor " + ", ".join(f"{name} {floor:.4f}" for name, floor in floors.by_name().items())
 
 
 @dataclass
