@@ -23,6 +23,15 @@ hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TEST_SEED = 0
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests under tests/integration/ run several stages or commands end to end: mark them, so that
+    `make test-fast` (`-m "not integration and not slow"`) runs the unit tests alone."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture

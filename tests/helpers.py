@@ -15,6 +15,9 @@ import torch
 if TYPE_CHECKING:
     from yoloprune.darknet.model import Darknet
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's root folder."""
+
 FIXTURES = Path(__file__).parent / "fixtures"
 """The checked-in test fixtures (cfgs, small data sets)."""
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import conv, random_darknet
+from helpers import ROOT, conv, random_darknet
 from yoloprune.darknet.model import Darknet
 from yoloprune.train.loss import YoloLoss
 
-NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
+NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 
 
 def _fixed_batch(img_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 import re
 import shlex
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from yoloprune.cli import build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 
 
 def readme_command_lines() -> list[str]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 import logging
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from yoloprune.train.metrics import read_metrics_csv
 from yoloprune.train.settings import TrainSettings
 from yoloprune.train.trainer import Trainer, train
 
-NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
+NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 
 
 def _settings(data: Path, out: Path, **changes) -> TrainSettings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 import errno
 import hashlib
 from pathlib import Path
@@ -15,7 +17,7 @@ from yoloprune.darknet.weights import save_checkpoint
 from yoloprune.train.settings import TrainSettings
 from yoloprune.train.trainer import train
 
-NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
+NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from yoloprune.train.sparsity import (
     summarize_gammas,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = ROOT
 FIXTURES = ROOT / "tests" / "fixtures"
 NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 

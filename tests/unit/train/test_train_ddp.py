@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,7 @@ import torch
 from yoloprune.darknet.weights import load_checkpoint
 from yoloprune.train.metrics import read_metrics_csv
 
-NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
+NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 
 WORKER = textwrap.dedent(
     """

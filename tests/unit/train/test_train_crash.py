@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from yoloprune.cli import main
 from yoloprune.darknet.weights import load_checkpoint
 from yoloprune.train.metrics import read_metrics_csv
 
-NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
+NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 
 # Runs the real command line in a child process that SIGKILLs itself at a chosen point:
 #   step N     -> at the start of optimizer step N (counted over the whole run)

@@ -3,6 +3,8 @@ into a cfg without touching anything else."""
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from yoloprune.cli import main
 from yoloprune.darknet.cfg import YoloBlock, load_cfg
 from yoloprune.data.anchors import box_sizes, fit_anchors, mean_best_iou
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = ROOT / "configs"
 
 
 def test_fit_recovers_well_separated_box_sizes():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import ROOT
+
 import math
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from yoloprune.train.metrics import METRIC_COLUMNS, read_metrics_csv
 from yoloprune.train.settings import TrainSettings
 from yoloprune.train.trainer import Trainer, TrainingDiverged, TrainingStopped, train
 
-NANO_CFG = Path(__file__).resolve().parents[1] / "configs" / "yolov3-hand-nano.cfg"
+NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 
 
 def _settings(data: Path, out: Path, **changes) -> TrainSettings:
