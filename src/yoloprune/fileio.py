@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+from yoloprune.errors import YoloPruneError
 
 
 def fsync_file(path: str | Path) -> None:
@@ -68,7 +72,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
-    import torch
+    import torch  # heavy: the torch-free modules that write files (stage, settings checks) import this one too
 
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
@@ -80,9 +84,6 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     ends without an exception it becomes `path`, replacing whatever had that name wholesale. On an
     exception it is removed and `path` is left as it was. `path` never holds a mix of old and new
     files: during a replacement it is absent for the instant between two renames."""
-    import secrets
-    import shutil
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(4)
@@ -118,8 +119,6 @@ def check_replaceable_folder(out_dir: Path, is_own: Callable[[Path], bool], comm
     """Refuse an output folder that `atomic_directory` could not replace without deleting the user's
     own files: something that is not a folder, or a folder holding an entry `is_own` does not
     recognise as a previous `command` run's output. Raises YoloPruneError naming up to five of them."""
-    from yoloprune.errors import YoloPruneError
-
     if not out_dir.exists():
         return
     if not out_dir.is_dir():

@@ -243,7 +243,7 @@ def check_img_size(value: int | None, setting: str = "img_size") -> None:
 def resolve_device(name: str, setting: str = "device"):
     """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available) as a torch.device; SettingsError for
     a name torch does not know or a CUDA device on a machine without one."""
-    import torch
+    import torch  # heavy, and `--help` reads this module: torch loads when a device is resolved
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -11,6 +11,7 @@ no PyTorch latency. Where it is slower than its float32 export on this CPU, the 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field, fields, replace
@@ -24,7 +25,13 @@ from yoloprune.bench.settings import BenchSettings
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, is_checkpoint_path
 from yoloprune.errors import SettingsError, YoloPruneError
-from yoloprune.eval.bootstrap import format_with_interval
+from yoloprune.eval.bootstrap import bootstrap_difference_intervals, format_with_interval
+from yoloprune.eval.runtimes import OnnxRuntimeModel
+from yoloprune.eval.settings import EvalSettings
+from yoloprune.eval.validator import Validator
+from yoloprune.export.onnx import create_ort_session, export_onnx
+from yoloprune.export.quantize import CalibrationImages, quantize_onnx
+from yoloprune.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +139,6 @@ def _time_models(
     """Size, MACs and the latency in PyTorch and in ONNX Runtime of each model (and of the INT8
     exports `settings.int8` asks for, written into `tmp`), timed interleaved. Returns the rows and,
     row for row, the model each is scored with (a `Darknet`, or an INT8 ONNX Runtime model)."""
-    from yoloprune.eval.runtimes import OnnxRuntimeModel
-    from yoloprune.export.onnx import create_ort_session
-
     img_size = settings.img_size
     x = _timing_input(img_size)
     results, scored = [], []
@@ -166,8 +170,6 @@ def _time_models(
 
 def _quantize(onnx_path: Path, settings: BenchSettings) -> Path:
     """The INT8 quantization of a float32 export, as `export --int8` writes it."""
-    from yoloprune.export.quantize import CalibrationImages, quantize_onnx
-
     int8_path = onnx_path.with_suffix(".int8.onnx")
     quantize_onnx(onnx_path, int8_path, CalibrationImages(settings.data, settings.img_size, settings.calib_images))
     return int8_path
@@ -198,8 +200,6 @@ def _timing_input(img_size: int) -> torch.Tensor:
 def _exported_runner(model: Darknet, path: Path, x: torch.Tensor, threads: int, check: bool = True):
     """`model` exported to ONNX at `path` (checked against PyTorch unless `check=False`) and run in
     an ONNX Runtime session opened as `bench` opens them (no thread spinning)."""
-    from yoloprune.export.onnx import create_ort_session, export_onnx
-
     model.eval()
     export_onnx(model, path, x.shape[-1], check=check)
     return _ort_runner(create_ort_session(path, threads), x.numpy())
@@ -208,15 +208,10 @@ def _exported_runner(model: Darknet, path: Path, x: torch.Tensor, threads: int, 
 def _add_map(results: list[ModelBench], models, settings: BenchSettings, progress: bool) -> tuple[str, int]:
     """mAP with its intervals for every row, scored with `models` (row for row); returns the split
     and the number of images it read."""
-    from yoloprune.eval.settings import EvalSettings
-    from yoloprune.eval.validator import Validator
-
     validator = Validator(
         EvalSettings(data=settings.data, split=settings.split, img_size=settings.img_size, batch=settings.batch, workers=settings.workers, device="cpu"),
         progress=progress,
     )
-    from yoloprune.eval.bootstrap import bootstrap_difference_intervals
-
     reference = None
     for bench, model in zip(results, models):
         metrics = validator(model)
@@ -276,10 +271,6 @@ def format_markdown(result: BenchResult) -> str:
 def bench_and_write(settings: BenchSettings, progress: bool = True) -> tuple[BenchResult, str]:
     """The `bench` command: the models of `settings.models` compared, the Markdown table returned
     and, where `settings` names them, the table and the JSON written."""
-    import json
-
-    from yoloprune.fileio import atomic_write_text
-
     specs = [ModelSpec.parse(text) for text in settings.models]
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):

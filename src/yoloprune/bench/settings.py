@@ -68,24 +68,3 @@ class InfoSettings:
     def __post_init__(self) -> None:
         check_img_size(self.img_size)
         _check_timing(self.runs, 0, self.threads)
-
-
-@dataclass
-class LatencyTableSettings:
-    """A latency lookup table for a cfg (`bench.latency_table`)."""
-
-    cfg: str | None = option(None, help="darknet .cfg (optional when --weights is a .pt, which carries its cfg)")
-    weights: str | None = option(None, help="a .pt whose cfg to use instead of --cfg (weights play no part in the timing)")
-    out: str | None = option(None, help="write the table (JSON) here; it is also cached for `prune --target-latency`", metavar="T.json", required=True)
-    img_size: int | None = option(None, help="square input size in pixels, a multiple of 32", default_text="the cfg's width")
-    runtime: str = option("ort", choices=("ort", "torch"), help="ort: layers as ONNX models in ONNX Runtime; torch: PyTorch modules")
-    threads: int | None = option(None, help="CPU threads of the runtime", default_text="torch's")
-    grid_ratio: float = option(2.0, help="channel grid spacing: each point about this times the last (closer to 1: more points, slower)")
-    rebuild: bool = option(False, help="measure again even when the cache holds a table for this cfg, machine and runtime")
-    progress: bool = option(True, flag="--no-progress", help="no progress bar")
-
-    def __post_init__(self) -> None:
-        require(self.cfg is not None or self.weights is not None, "cfg", "given (or --weights with a .pt)", self.cfg)
-        check_img_size(self.img_size)
-        _check_timing(1, 0, self.threads)
-        require(isinstance(self.grid_ratio, (int, float)) and 1 < self.grid_ratio <= 16, "grid_ratio", "in (1, 16]", self.grid_ratio)

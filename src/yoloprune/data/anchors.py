@@ -5,11 +5,10 @@ A box's anchor is the one whose width/height best overlap it when both are place
 k-means on (w, h) lets the large boxes pull every centre and leaves the small ones badly matched.
 This is the method of the YOLOv2 paper and of darknet's `detector calc_anchors`.
 
-The boxes are measured as the network sees them: each image letterboxed to the input size by the
-evaluator's loader (no augmentation), so a non-square image's boxes shrink with its longer side.
-Darknet's COCO anchors, made for 80 classes at 416 px, fit a one-class dataset poorly: on the demo's
-data at 128 px the nine scaled COCO anchors match a box at a mean best IoU of 0.70, and the
-stride-8 head's three never win a box; nine fitted anchors reach 0.83 (`yoloprune data anchors`).
+The boxes are measured as the network sees them: each image letterboxed to the input size by
+`image_loader` (no augmentation), so a non-square image's boxes shrink with its longer side.
+Darknet's COCO anchors, made for 80 classes at 416 px, can fit a small one-class dataset poorly;
+`yoloprune data anchors --cfg` prints the mean best IoU of the cfg's anchors beside the fitted ones'.
 """
 
 from __future__ import annotations
@@ -20,8 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from yoloprune.errors import DataError
+from yoloprune.darknet.cfg import YoloBlock, load_cfg, parse_cfg
+from yoloprune.data.dataset import image_loader
+from yoloprune.data.spec import load_data_spec
+from yoloprune.errors import CfgError, DataError
+from yoloprune.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +45,6 @@ def mean_best_iou(sizes: np.ndarray, anchors: np.ndarray) -> float:
 
 def box_sizes(data: str | Path, img_size: int, split: str = "train", progress: bool = True) -> np.ndarray:
     """(n, 2) width and height in input pixels of every box of `split`, letterboxed to `img_size`."""
-    from tqdm import tqdm
-
-    from yoloprune.data.spec import load_data_spec
-    from yoloprune.eval.validator import image_loader
-
     loader = image_loader(load_data_spec(data), split, img_size, batch=32)
     sizes = [targets[:, 4:6].numpy() * img_size for _, targets, _ in tqdm(loader, desc="reading boxes", unit="batch", disable=not progress, leave=False)]
     sizes = np.concatenate(sizes) if sizes else np.zeros((0, 2))
@@ -112,10 +111,6 @@ def fit_dataset_anchors(data: str | Path, img_size: int, count: int = 9, seed: i
 def run_anchor_fit(settings, progress: bool = True) -> AnchorFit:
     """The `data anchors` command (`data.settings.AnchorSettings`): fit, and with `out` write the
     cfg with the fitted anchors (as many as the cfg has, unless `num` says otherwise)."""
-    from yoloprune.darknet.cfg import YoloBlock, load_cfg
-    from yoloprune.errors import CfgError
-    from yoloprune.fileio import atomic_write_text
-
     cfg = load_cfg(settings.cfg) if settings.cfg else None
     cfg_anchors = next((block.anchors for block in cfg.layers if isinstance(block, YoloBlock)), None) if cfg else None
     count = settings.num or (len(cfg_anchors) if cfg_anchors else 9)
@@ -133,8 +128,6 @@ def with_anchors(cfg_text: str, anchors: list[tuple[int, int]]) -> str:
     """The cfg text with the `anchors =` line of every [yolo] section replaced, everything else
     (comments, the order of keys) as it was. Each head keeps its mask: anchor i of the list is still
     anchor i, smallest first as darknet orders them, so the number of anchors must not change."""
-    from yoloprune.darknet.cfg import YoloBlock, parse_cfg
-
     text = ",  ".join(f"{w},{h}" for w, h in anchors)
     replaced = ANCHORS_LINE.sub(lambda match: f"{match.group(1)}anchors = {text}", cfg_text)
     counts = {len(block.anchors) for block in parse_cfg(cfg_text).layers if isinstance(block, YoloBlock)}

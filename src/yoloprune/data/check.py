@@ -6,8 +6,10 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from yoloprune.data.dataset import read_image
 from yoloprune.data.spec import DataSpec, label_path_for, load_data_spec, read_image_entries, read_labels
@@ -27,6 +29,18 @@ class SplitReport:
     box_sizes_norm: list[np.ndarray] = field(default_factory=list)  # (n, 2) w, h per image
     image_sizes: set[tuple[int, int]] = field(default_factory=set)  # (width, height)
     duplicates: int = 0
+
+    def add_image(self, labels: np.ndarray | None) -> None:
+        """Count one usable image and its labels (None: no label file, read as holding no objects)."""
+        self.images += 1
+        if labels is None:
+            self.missing_labels += 1
+            labels = np.zeros((0, 5), np.float32)
+        if len(labels) == 0:
+            self.empty_images += 1
+        for cls in labels[:, 0].astype(int):
+            self.boxes_per_class[int(cls)] = self.boxes_per_class.get(int(cls), 0) + 1
+        self.box_sizes_norm.append(labels[:, 3:5])
 
     def format(self, names: list[str]) -> list[str]:
         boxes = sum(self.boxes_per_class.values())
@@ -80,8 +94,6 @@ def check_dataset(
     By default the first problem raises DataError (naming file and line); with `skip_bad` each
     problem is logged and collected in `report.problems`, and the check goes on.
     """
-    from tqdm import tqdm
-
     spec = load_data_spec(data_path)
     report = CheckReport(spec=spec, splits=[])
 
@@ -93,44 +105,39 @@ def check_dataset(
 
     seen_by_split: dict[str, set[Path]] = {}
     for name in spec.splits:
-        list_file = spec.list_for(name)
-        split = SplitReport(name=name, list_file=list_file)
+        split, seen_by_split[name] = _check_split(spec, name, problem, decode_images, progress)
         report.splits.append(split)
-        seen: set[Path] = set()
-        entries = read_image_entries(list_file)
-        if not entries:
-            problem(DataError("image list is empty", list_file))
-        for line_no, image_path in tqdm(entries, desc=f"check {name}", unit="img", disable=not progress, leave=False):
-            if image_path in seen:
-                split.duplicates += 1
-            seen.add(image_path)
-            if not image_path.is_file():
-                problem(DataError(f"image not found: {image_path}", list_file, line_no))
-                continue
-            if decode_images:
-                try:
-                    image = read_image(image_path)
-                except DataError as error:
-                    problem(error)
-                    continue
-                split.image_sizes.add((image.shape[1], image.shape[0]))
-            try:
-                labels = read_labels(label_path_for(image_path), spec.classes)
-            except DataError as error:
-                problem(error)
-                continue
-            split.images += 1
-            if labels is None:
-                split.missing_labels += 1
-                labels = np.zeros((0, 5), np.float32)
-            if len(labels) == 0:
-                split.empty_images += 1
-            for cls in labels[:, 0].astype(int):
-                split.boxes_per_class[int(cls)] = split.boxes_per_class.get(int(cls), 0) + 1
-            split.box_sizes_norm.append(labels[:, 3:5])
-        seen_by_split[name] = seen
     for first, second in itertools.combinations(spec.splits, 2):
         shared = len(seen_by_split[first] & seen_by_split[second])
         if shared:
             report.shared_images[(first, second)] = shared
     return report
+
+
+def _check_split(
+    spec: DataSpec, name: str, problem: Callable[[DataError], None], decode_images: bool, progress: bool
+) -> tuple[SplitReport, set[Path]]:
+    """The report of one split and the images it lists; each bad item goes to `problem` and is left out."""
+    list_file = spec.list_for(name)
+    split = SplitReport(name=name, list_file=list_file)
+    seen: set[Path] = set()
+    entries = read_image_entries(list_file)
+    if not entries:
+        problem(DataError("image list is empty", list_file))
+    for line_no, image_path in tqdm(entries, desc=f"check {name}", unit="img", disable=not progress, leave=False):
+        if image_path in seen:
+            split.duplicates += 1
+        seen.add(image_path)
+        if not image_path.is_file():
+            problem(DataError(f"image not found: {image_path}", list_file, line_no))
+            continue
+        try:
+            if decode_images:
+                image = read_image(image_path)
+                split.image_sizes.add((image.shape[1], image.shape[0]))
+            labels = read_labels(label_path_for(image_path), spec.classes)
+        except DataError as error:
+            problem(error)
+            continue
+        split.add_image(labels)
+    return split, seen

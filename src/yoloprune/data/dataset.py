@@ -36,6 +36,7 @@ __all__ = [
     "MultiScaleBatchSampler",
     "collate_samples",
     "create_dataloader",
+    "image_loader",
     "read_image",
     "multi_scale_sizes",
 ]
@@ -328,3 +329,16 @@ def create_dataloader(
         )
         return YoloDataLoader(dataset, batch_sampler=batch_sampler, **common)
     return YoloDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
+
+
+def image_loader(
+    spec: DataSpec, split: str, img_size: int, batch: int, workers: int = 0, shuffle: bool = False,
+    skip_bad: bool = False, device: str = "cpu",
+) -> YoloDataLoader:
+    """Letterboxed, un-augmented batches of one split of a dataset (`shuffle` with a fixed seed: the
+    same images every run). Evaluation, BN re-calibration, INT8 calibration and anchor fitting all
+    read images through it, so they see them the same way."""
+    return create_dataloader(
+        spec.list_for(split), img_size, batch, workers=workers, shuffle=shuffle, skip_bad=skip_bad,
+        num_classes=spec.classes, pin_memory=str(device).startswith("cuda"), seed=0,
+    )

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from yoloprune.eval.evaluate import checked_image_boxes
+from yoloprune.eval.image_boxes import checked_image_boxes
 
 # The same arrays as faster-coco-eval's Params (np.linspace values, not rounded decimals): recall
 # and IoU are compared against them exactly.
@@ -234,6 +234,9 @@ def _map_per_threshold(matches: DetectionMatches, image_copies: np.ndarray) -> n
 
 def pooled_map(matches: DetectionMatches, image_indices: Sequence[int] | np.ndarray | None = None) -> tuple[float, float]:
     """(mAP@0.5, mAP@0.5:0.95) of a multiset of images, all images once by default.
+
+    Public API, kept on purpose: the mAP of any subset or resample of the evaluated images without
+    running COCO again; the bootstrap computes the same thing for many resamples at once.
 
     The order of `image_indices` does not matter: equal scores of different images are ranked by
     image index. Matches faster-coco-eval on a data set holding the images with their copies side by

@@ -19,24 +19,6 @@ def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
     return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
 
 
-def xyxy_to_cxcywh(boxes_xyxy: torch.Tensor) -> torch.Tensor:
-    x1, y1, x2, y2 = boxes_xyxy.unbind(-1)
-    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
-
-
-def box_area(boxes_xyxy: torch.Tensor) -> torch.Tensor:
-    return (boxes_xyxy[..., 2] - boxes_xyxy[..., 0]).clamp(min=0) * (boxes_xyxy[..., 3] - boxes_xyxy[..., 1]).clamp(min=0)
-
-
-def box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """IoU of every box in `a_xyxy` (N, 4) with every box in `b_xyxy` (M, 4): an (N, M) matrix."""
-    top_left = torch.maximum(a_xyxy[:, None, :2], b_xyxy[None, :, :2])
-    bottom_right = torch.minimum(a_xyxy[:, None, 2:], b_xyxy[None, :, 2:])
-    intersection = (bottom_right - top_left).clamp(min=0).prod(-1)
-    union = box_area(a_xyxy)[:, None] + box_area(b_xyxy)[None, :] - intersection
-    return intersection / (union + eps)
-
-
 def bbox_iou_pairwise(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -44,7 +26,8 @@ def bbox_iou_pairwise(
     kind: str = "iou",
     eps: float = 1e-7,
 ) -> torch.Tensor:
-    """Overlap of box `a[i]` with box `b[i]` for equal-length sets (..., 4) -> (...).
+    """Overlap of box `a[i]` with box `b[i]` for equal-length sets (..., 4) -> (...); the shapes
+    broadcast, so `a[:, None]` against `b[None]` gives the matrix of every pair.
 
     Boxes are cxcywh unless `x1y1x2y2`. `kind`:
     - "iou": intersection over union;

@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 import torch
 
+from yoloprune.data.dataset import read_image
+from yoloprune.data.spec import IMAGE_SUFFIXES
+from yoloprune.data.transforms import letterbox, unletterbox_boxes_xyxy
 from yoloprune.errors import DataError
 from yoloprune.eval.nms import non_max_suppression
 from yoloprune.fileio import atomic_write_bytes
@@ -35,8 +39,6 @@ class ImageDetections:
 
 def list_source_images(source: str | Path) -> list[Path]:
     """The image files of `source`: the file itself, or the images directly inside a folder (sorted)."""
-    from yoloprune.data.spec import IMAGE_SUFFIXES
-
     source = Path(source)
     if source.is_file():
         return [source]
@@ -58,8 +60,6 @@ def detect_image(
     max_det: int = 300,
 ) -> np.ndarray:
     """Detections (K, 6) `[x1, y1, x2, y2, score, cls]` in the pixels of `image_bgr` (HWC uint8 BGR)."""
-    from yoloprune.data.transforms import letterbox, unletterbox_boxes_xyxy
-
     boxed_bgr, placement = letterbox(image_bgr, img_size)
     chw_rgb = np.ascontiguousarray(boxed_bgr[:, :, ::-1].transpose(2, 0, 1))
     images = torch.from_numpy(chw_rgb).to(device).float().div_(255.0).unsqueeze(0)
@@ -87,8 +87,6 @@ def name_class(class_id: int, class_names: list[str] | None) -> str:
 
 def draw_detections(image_bgr: np.ndarray, detections: np.ndarray, class_names: list[str] | None = None) -> np.ndarray:
     """A copy of `image_bgr` with each detection's box and `name score` label drawn on it."""
-    import cv2
-
     canvas = image_bgr.copy()
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     font_scale = 0.4 * thickness
@@ -108,8 +106,6 @@ def draw_detections(image_bgr: np.ndarray, detections: np.ndarray, class_names: 
 
 def write_image(path: Path, image_bgr: np.ndarray) -> None:
     """Encode by the file's suffix and write atomically."""
-    import cv2
-
     ok, encoded = cv2.imencode(path.suffix or ".jpg", image_bgr)
     if not ok:
         raise DataError(f"cannot encode an image as {path.suffix!r}", path)
@@ -128,8 +124,6 @@ def detect_images(
 ) -> Iterator[ImageDetections]:
     """Detect on every image of `source`, writing each with its boxes drawn to `out_dir` under its
     own name; yields one result per image as it is written."""
-    from yoloprune.data.dataset import read_image
-
     out_dir = Path(out_dir)
     images = list_source_images(source)
     out_resolved = out_dir.resolve()

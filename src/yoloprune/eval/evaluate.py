@@ -29,8 +29,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from faster_coco_eval import COCO, COCOeval_faster
+from tqdm import tqdm
 
+from yoloprune.eval.bootstrap import bootstrap_map_intervals, match_detections
 from yoloprune.eval.boxes import cxcywh_to_xyxy
+from yoloprune.eval.image_boxes import checked_image_boxes
 from yoloprune.eval.nms import non_max_suppression
 
 log = logging.getLogger(__name__)
@@ -60,32 +64,6 @@ class DetectionMetrics:
             if values[name] is not None:
                 values[name] = list(values[name])  # JSON has lists, not tuples
         return values
-
-
-def _as_array(boxes, columns: int, what: str, image_idx: int) -> np.ndarray:
-    if isinstance(boxes, torch.Tensor):
-        boxes = boxes.detach().cpu().to(torch.float64).numpy()
-    array = np.asarray(boxes, dtype=np.float64)
-    if array.size == 0:
-        return np.zeros((0, columns))
-    if array.ndim != 2 or array.shape[1] != columns:
-        raise ValueError(f"{what} of image {image_idx} must have shape (K, {columns}), got {array.shape}")
-    return array
-
-
-def _check_classes(classes: np.ndarray, num_classes: int, what: str, image_idx: int) -> None:
-    if classes.size and (classes.min() < 0 or classes.max() >= num_classes or np.any(classes != np.round(classes))):
-        raise ValueError(f"{what} of image {image_idx} has class ids {np.unique(classes).tolist()}, expected integers in [0, {num_classes})")
-
-
-def checked_image_boxes(predictions, ground_truths, num_classes: int, image_idx: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image's detections (K, 6) and ground truth (M, 5) as float64 arrays, shapes and class
-    ids checked (ValueError naming the image)."""
-    predictions = _as_array(predictions, 6, "predictions", image_idx)
-    ground_truths = _as_array(ground_truths, 5, "ground truth", image_idx)
-    _check_classes(predictions[:, 5], num_classes, "predictions", image_idx)
-    _check_classes(ground_truths[:, 0], num_classes, "ground truth", image_idx)
-    return predictions, ground_truths
 
 
 def _xyxy_to_coco(box: list[float]) -> list[float]:
@@ -145,8 +123,6 @@ def _coco_annotations(
 
 def _coco_scores(images: list[dict], categories: list[dict], gt_annotations: list[dict], dt_annotations: list[dict]) -> dict[str, float]:
     """The metrics of `DetectionMetrics` from one `COCOeval_faster` run (ground truth must not be empty)."""
-    from faster_coco_eval import COCO, COCOeval_faster
-
     coco_gt = COCO({"images": images, "categories": categories, "annotations": gt_annotations}, print_function=_discard)
     coco_dt = COCO({"images": images, "categories": categories, "annotations": dt_annotations}, print_function=_discard)
     evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=_discard)
@@ -200,8 +176,6 @@ def compute_detection_metrics(
     counts = {"images": len(images), "ground_truths": len(gt_annotations), "detections": len(dt_annotations)}
     interval_fields = {}
     if intervals:
-        from yoloprune.eval.bootstrap import bootstrap_map_intervals, match_detections  # it imports this module
-
         matches = match_detections(predictions_per_image, ground_truths_per_image, num_classes)
         interval_fields = {**bootstrap_map_intervals(matches, resamples=resamples, seed=seed), "matches": matches}
     if not gt_annotations:
@@ -227,8 +201,6 @@ def evaluate_model(
     they and the detections are compared in input pixels. The model's train/eval mode is restored.
     `num_classes` defaults to `model.num_classes`; `intervals` adds bootstrap intervals of the mAPs.
     """
-    from tqdm import tqdm
-
     if num_classes is None:
         num_classes = model.num_classes
     predictions_per_image: list[torch.Tensor] = []

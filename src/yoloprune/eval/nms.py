@@ -11,6 +11,7 @@ come back as a torch tensor.
 
 from __future__ import annotations
 
+import cv2
 import torch
 
 from yoloprune.eval.boxes import cxcywh_to_xyxy
@@ -30,8 +31,6 @@ def nms_indices(boxes_xyxy: torch.Tensor, scores: torch.Tensor, iou_thres: float
     Boxes only suppress boxes of the same `groups` value (class id, or image × class); with
     `groups=None` all boxes compete.
     """
-    import cv2
-
     device = boxes_xyxy.device
     if boxes_xyxy.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=device)

@@ -1,9 +1,8 @@
 """The one validator: a dataset split, its loader, and the COCO-protocol score of any model on it.
 
 Training (per-epoch mAP), the pruning search (mAP of every trial), `bench`, `eval` and the pruner
-comparison all score models through `Validator`, so they read the same images the same way; BN
-re-calibration draws its (unlabelled) training images through `image_loader`, the same loader
-without the scoring.
+comparison all score models through `Validator`, so they read the same images the same way; the
+images come from `yoloprune.data.dataset.image_loader`, the loader that BN re-calibration uses too.
 """
 
 from __future__ import annotations
@@ -11,24 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from yoloprune.data.spec import DataSpec, load_data_spec
+from yoloprune.data.dataset import image_loader
+from yoloprune.data.spec import load_data_spec
 from yoloprune.errors import DataError
 from yoloprune.eval.evaluate import DetectionMetrics, evaluate_model
 from yoloprune.eval.settings import EvalSettings
 from yoloprune.settings import resolve_device
-
-def image_loader(
-    spec: DataSpec, split: str, img_size: int, batch: int, workers: int = 0, shuffle: bool = False,
-    skip_bad: bool = False, device: str = "cpu",
-):
-    """Letterboxed, un-augmented batches of one split (`shuffle` with a fixed seed: the same images
-    every run)."""
-    from yoloprune.data.dataset import create_dataloader
-
-    return create_dataloader(
-        spec.list_for(split), img_size, batch, workers=workers, shuffle=shuffle, skip_bad=skip_bad,
-        num_classes=spec.classes, pin_memory=str(device).startswith("cuda"), seed=0,
-    )
 
 
 class Validator:

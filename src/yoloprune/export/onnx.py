@@ -81,8 +81,8 @@ def create_ort_session(path: str | Path, threads: int | None = None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     # Worker threads that spin after a run keep the cores busy while the next model (or PyTorch) is
-    # timed: measured on 2 cores, two copies of one pruned model timed interleaved read 6.0 vs 2.0 ms
-    # with spinning and 2.0 vs 1.9 ms without. Latency comparisons need the cores free between runs.
+    # timed: on 2 cores, two copies of one model timed interleaved read three times apart with
+    # spinning and alike without. Latency comparisons need the cores free between runs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

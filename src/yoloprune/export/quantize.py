@@ -1,21 +1,16 @@
 """INT8 ONNX export: ONNX Runtime's static quantization (QDQ format) of the float32 export, with the
 activation ranges calibrated on training images letterboxed as `eval` reads them.
 
-The choices were measured with ONNX Runtime 1.32 on a 2-core AVX2 x86 CPU without VNNI, on the demo's
-trained baseline (YOLOv3 x0.25) and pruned models at 128 px: mAP on 1000 test images, 256 calibration
-images, latency at batch 1 with 2 threads on a machine shared with other jobs.
-
 - The head convs and the decode tail after them (sigmoid, exp, grid and anchor arithmetic) stay
-  float32. Quantized, the tail concatenates pixel boxes (0..128) and probabilities (0..1) into one
-  8-bit tensor with a step of ~0.5: mAP@0.5 fell from 0.44 to 0.10 (baseline) and 0.12 (pruned).
-  With the tail in float32 the mAP@0.5 stayed within 0.01 of float32's; keeping the head convs in
-  float32 as well brought mAP@0.5:0.95 from 0.1325 / 0.1321 back to float32's 0.1341 / 0.1332
-  (INT8: 0.1340 / 0.1333), at no measurable cost in latency.
+  float32: quantized, the tail would put pixel boxes and probabilities into one 8-bit tensor, whose
+  step of about half a pixel ruins the boxes. Keeping the head convs float32 as well brings
+  mAP@0.5:0.95 back to float32's at no measurable cost in latency.
 - Activations QUInt8, weights QInt8 per channel, with `reduce_range` (7-bit weights): what
   `quantize_static`'s documentation advises for x86 CPUs without VNNI, whose U8S8 kernels can
-  saturate 16-bit intermediate sums otherwise. The quantization guide's general first choice, S8S8
-  QDQ, ran slower than float32 on this CPU (baseline: 10.7-12.9 ms against 9.6-11.3 ms float32 and
-  6.9-8.5 ms U8S8) at a similar mAP.
+  saturate 16-bit intermediate sums otherwise. S8S8, the quantization guide's general first
+  choice, ran slower than float32 on such a CPU.
+
+docs/int8.md has the measurements behind both choices.
 """
 
 from __future__ import annotations
@@ -27,7 +22,10 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from yoloprune.data.dataset import image_loader
+from yoloprune.data.spec import load_data_spec
 from yoloprune.errors import ExportError
 from yoloprune.export.onnx import OnnxExport, create_ort_session, export_onnx
 from yoloprune.export.settings import PARITY_TOLERANCE
@@ -60,16 +58,14 @@ def fp32_path_for(out: str | Path) -> Path:
 
 class CalibrationImages:
     """The first `count` images of the shuffled (fixed-seed) train list of `data`, letterboxed to
-    `img_size` by the evaluator's loader, fed one at a time as ONNX Runtime's calibration data.
+    `img_size` by `image_loader` as `eval` reads them, fed one at a time as ONNX Runtime's
+    calibration data.
 
     ONNX Runtime takes any object with `get_next` as a CalibrationDataReader (its subclass hook), so
     this module does not import onnxruntime until it quantizes. Opening the dataset checks it: a bad
     .data file or image list raises DataError naming the file before anything is written."""
 
     def __init__(self, data: str | Path, img_size: int, count: int):
-        from yoloprune.data.spec import load_data_spec
-        from yoloprune.eval.validator import image_loader
-
         loader = image_loader(load_data_spec(data), "train", img_size, batch=1, shuffle=True)
         self.count = min(count, len(loader.dataset))
         self._batches = islice(iter(loader), self.count)
@@ -103,7 +99,6 @@ def export_int8(
 def quantize_onnx(fp32_path: str | Path, out: str | Path, calibration) -> int:
     """Quantize the float32 ONNX model at `fp32_path` into `out` (written atomically), calibrated on
     `calibration` (a CalibrationDataReader); returns how many nodes were left in float32."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -149,7 +144,5 @@ def _check_runs(quantized: Path, out: str | Path) -> None:
 
 def is_quantized_onnx(path: str | Path) -> bool:
     """Whether the ONNX model at `path` computes in integers (holds QDQ pairs or quantized ops)."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     return any(node.op_type in QUANTIZED_OP_TYPES for node in graph.node)

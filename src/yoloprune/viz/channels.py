@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from yoloprune.prune.report import PruneReport
 from yoloprune.viz.figure import pyplot, save_png
-
-if TYPE_CHECKING:  # the report module pulls in torch; the chart only reads the report's fields
-    from yoloprune.prune.report import PruneReport
 
 
 def plot_channels(report: PruneReport, path: str | Path) -> Path:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from yoloprune.errors import YoloPruneError
+from yoloprune.prune.report import PruneReport
+from yoloprune.train.metrics import read_metrics_csv
 from yoloprune.viz.channels import plot_channels
 from yoloprune.viz.gamma import plot_gamma_figures
 
@@ -19,14 +21,10 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         raise YoloPruneError(f"{run_dir}: neither metrics.csv (a training run) nor report.json (a prune run) found")
     written: list[Path] = []
     if metrics_path.exists():
-        from yoloprune.train.metrics import read_metrics_csv  # the train package only for a training run
-
         rows = [row for row in read_metrics_csv(metrics_path) if row.get("gamma_q50") is not None]
         if not rows:
             raise YoloPruneError(f"{metrics_path}: no γ statistics in any row (was it written by yoloprune train?)")
         written += plot_gamma_figures(rows, out_dir)
     if report_path.exists():
-        from yoloprune.prune.report import PruneReport  # torch-heavy: only for a prune run
-
         written.append(plot_channels(PruneReport.load(report_path), out_dir / "channels.png"))
     return written

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from yoloprune.eval.boxes import bbox_iou_pairwise, box_iou, cxcywh_to_xyxy, xyxy_to_cxcywh
+from yoloprune.eval.boxes import bbox_iou_pairwise, cxcywh_to_xyxy
 from yoloprune.eval.nms import nms_indices, non_max_suppression
 
 
@@ -88,22 +88,22 @@ def test_nms_handles_nothing_above_threshold_and_empty_batches():
         non_max_suppression(torch.zeros(10, 7))
 
 
-def test_box_format_round_trip():
-    boxes_cxcywh = torch.rand(50, 4, dtype=torch.float64) * 100
-    torch.testing.assert_close(xyxy_to_cxcywh(cxcywh_to_xyxy(boxes_cxcywh)), boxes_cxcywh)
+def test_cxcywh_to_xyxy_corners():
+    boxes_cxcywh = torch.tensor([[10.0, 20.0, 4.0, 6.0], [0.5, 0.5, 1.0, 0.2]], dtype=torch.float64)
+    expected = torch.tensor([[8.0, 17.0, 12.0, 23.0], [0.0, 0.4, 1.0, 0.6]], dtype=torch.float64)
+    torch.testing.assert_close(cxcywh_to_xyxy(boxes_cxcywh), expected)
 
 
-def test_box_iou_matrix_agrees_with_pairwise_and_reference():
+def test_pairwise_iou_broadcasts_to_a_matrix():
+    """Boxes (N, 1, 4) against (1, M, 4) give the (N, M) IoU matrix, as the INT8 test matches detections."""
     generator = torch.Generator().manual_seed(0)
     a = cxcywh_to_xyxy(torch.rand(20, 4, generator=generator, dtype=torch.float64) * 50 + 1)
     b = cxcywh_to_xyxy(torch.rand(30, 4, generator=generator, dtype=torch.float64) * 50 + 1)
-    matrix = box_iou(a, b)
+    matrix = bbox_iou_pairwise(a[:, None], b[None], x1y1x2y2=True, kind="iou", eps=0.0)
     assert matrix.shape == (20, 30)
     expected = torch.tensor([[reference_iou(x, y) for y in b.tolist()] for x in a.tolist()], dtype=torch.float64)
     torch.testing.assert_close(matrix, expected)
-    pairwise = bbox_iou_pairwise(a, b[:20], x1y1x2y2=True, kind="iou", eps=0.0)
-    torch.testing.assert_close(pairwise, matrix.diagonal())
-    torch.testing.assert_close(box_iou(b, a), matrix.T)
+    torch.testing.assert_close(bbox_iou_pairwise(b[:, None], a[None], x1y1x2y2=True, kind="iou", eps=0.0), matrix.T)
 
 
 @pytest.mark.parametrize("kind", ["iou", "giou", "diou", "ciou"])

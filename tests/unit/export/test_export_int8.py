@@ -22,11 +22,11 @@ import torch
 from helpers import NANO, calibrate_bn, random_model
 from yoloprune.cli import main
 from yoloprune.darknet.weights import save_checkpoint
+from yoloprune.data.dataset import image_loader
 from yoloprune.data.spec import load_data_spec
-from yoloprune.eval.boxes import box_iou
+from yoloprune.eval.boxes import bbox_iou_pairwise
 from yoloprune.eval.nms import non_max_suppression
 from yoloprune.eval.runtimes import OnnxRuntimeModel
-from yoloprune.eval.validator import image_loader
 from yoloprune.export.quantize import is_quantized_onnx
 
 SIZE = 128  # images are written at this size, so letterboxing leaves them as they are
@@ -106,7 +106,7 @@ def matched_share(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[flo
     for ours, theirs in zip(non_max_suppression(reference, CONF), non_max_suppression(candidate, CONF - CONF_MARGIN)):
         total += len(ours)
         if len(ours) and len(theirs):
-            iou = box_iou(ours[:, :4], theirs[:, :4]) * (ours[:, 5:6] == theirs[:, 5][None, :])
+            iou = bbox_iou_pairwise(ours[:, None, :4], theirs[None, :, :4], x1y1x2y2=True) * (ours[:, 5:6] == theirs[:, 5][None, :])
             matched += int((iou.max(dim=1).values >= MATCH_IOU).sum())
     return matched / max(total, 1), total
 
