@@ -1,12 +1,12 @@
 """Size and cost of a model: parameters, fp32 size, MACs per layer, CPU latency.
 
-MACs are counted by `torch.utils.flop_counter` on a forward pass through the model's own layers,
-which reports 2 FLOPs per multiply-add for convolutions; darknet counts a conv the same way, so
-`bflops = 2 * gmacs`. Only convolutions (and matmuls, of which these models have none) are counted.
+MACs are darknet's count from the cfg (`darknet.cost`): one multiply-add per conv weight per output
+pixel; darknet counts 2 FLOPs per multiply-add, so `bflops = 2 * gmacs`. Only convolutions count.
 
 `bflops_darknet` is the "Total BFLOPS" darknet itself prints (AlexeyAB/darknet, src/parser.c sums
-every layer's `l.bflops`): `bflops` plus the few non-conv layers darknet also counts, see
-`darknet_extra_flops`. Costs are counted at the cfg's own `[net]` height x width unless a size is given.
+every layer's `l.bflops`): `bflops` plus the few non-conv layers darknet also counts
+(`darknet.cost.darknet_extra_flops`). Costs are counted at the cfg's own `[net]` height x width
+unless a size is given.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from yoloprune.darknet.cfg import DarknetCfg, MaxpoolBlock, ShortcutBlock
-from yoloprune.darknet.graph import conv_macs_per_layer, infer_output_hw
+from yoloprune.darknet.cfg import DarknetCfg
+from yoloprune.darknet.cost import conv_macs_per_layer, darknet_extra_flops
 from yoloprune.darknet.model import Darknet, count_parameters
+from yoloprune.darknet.network import infer_output_hw
 
 # an input size: a square side, or (height, width)
 ImgSize = Union[int, tuple[int, int]]
@@ -95,7 +96,8 @@ def meta_twin(model: nn.Module) -> nn.Module:
 
 def count_forward_macs(model: Darknet, img_size: ImgSize = 416) -> int:
     """MACs of one batch-1 forward at `img_size`, by torch's flop counter on the model's own layers,
-    so it also holds for a model whose modules no longer match its cfg (pruned by another tool)."""
+    so it also holds for a model whose modules no longer match its cfg (pruned by another tool).
+    Public on purpose: the check, independent of the cfg, of `darknet.cost`'s counts."""
     twin = meta_twin(model).eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -103,49 +105,25 @@ def count_forward_macs(model: Darknet, img_size: ImgSize = 416) -> int:
     return counter.get_total_flops() // 2
 
 
-def darknet_extra_flops(cfg: DarknetCfg, img_size: ImgSize | None = None) -> int:
-    """The FLOPs darknet's printed total adds to 2 x conv MACs, from the cfg's shapes.
-
-    AlexeyAB/darknet sets `l.bflops` in only a few layer types: convolutional_layer.c (2 per
-    multiply-add over `c / groups` input channels: `bflops` already), maxpool_layer.c (one per pooled
-    tap: size * size * input channels per output pixel) and shortcut_layer.c (one per output element
-    and per added layer; doubled for weighted shortcuts, which yoloprune does not build). Route,
-    upsample and yolo set none, so they count 0.
-    """
-    sizes = infer_output_hw(cfg, input_hw(cfg, img_size))
-    total = 0
-    for idx, block in enumerate(cfg.layers):
-        height, width = sizes[idx]
-        if isinstance(block, MaxpoolBlock):
-            total += block.size * block.size * cfg.in_channels(idx) * height * width
-        elif isinstance(block, ShortcutBlock):
-            added_layers = len(cfg.inputs_of(idx)) - 1  # inputs are the previous layer + the `from` layers
-            total += height * width * cfg.channels_of(idx) * added_layers
-    return total
-
-
 def profile_model(model: Darknet, img_size: ImgSize | None = None) -> ModelProfile:
     """Per-layer shapes, params and MACs, and totals for one batch-1 image of `img_size` (None = the
     cfg's own `[net]` height x width).
 
-    The total MACs come from torch's flop counter on a forward through the model's layers; the
-    per-layer split is the conv formula on the cfg (`darknet.graph.conv_macs_per_layer`); tests check
-    that the two agree.
+    MACs are counted from the cfg (`darknet.cost.conv_macs_per_layer`); tests hold them equal to
+    torch's flop counter on a forward through the model's layers.
     """
     cfg = model.cfg
     hw = input_hw(cfg, img_size)
-    total_macs = count_forward_macs(model, hw)
     out_hw = infer_output_hw(cfg, hw)
     layer_macs = conv_macs_per_layer(cfg, hw)
+    total_macs = sum(layer_macs)
     layers = []
     for idx, (block, layer) in enumerate(zip(cfg.layers, model.layers)):
-        input_channels = [cfg.channels_of(j) for j in cfg.inputs_of(idx)]
         layers.append(
             LayerProfile(
                 index=idx,
                 kind=block.section,
-                # a route reads all its inputs; a shortcut's two summands have the same width
-                in_channels=sum(input_channels) if block.section == "route" else input_channels[0],
+                in_channels=cfg.in_channels(idx),
                 out_channels=model.out_channels[idx],
                 out_hw=out_hw[idx],
                 params=count_parameters(layer),

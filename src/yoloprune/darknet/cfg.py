@@ -26,7 +26,6 @@ from typing import Callable
 from yoloprune.darknet.blocks import (  # noqa: F401  (the blocks are imported from here throughout)
     ACTIVATIONS,
     ConvBlock,
-    DarknetCfg,
     LayerBlock,
     MaxpoolBlock,
     NetBlock,
@@ -45,6 +44,7 @@ from yoloprune.darknet.cfg_keys import (
     YOLO_PASSIVE_KEYS,
 )
 from yoloprune.darknet.cfg_options import CHANGES_WEIGHT_READING, Options, RawBlock, is_number, never, split_blocks
+from yoloprune.darknet.network import DarknetCfg  # noqa: F401  (imported from here throughout)
 from yoloprune.errors import CfgError
 
 # darknet's [convolutional] without `activation` is logistic ([shortcut]'s default is linear)

@@ -7,7 +7,7 @@ and the applier can build the network the cut leaves.
 from __future__ import annotations
 
 from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, RouteBlock, ShortcutBlock, copy_block
-from yoloprune.darknet.graph import ResidualBlock
+from yoloprune.darknet.residual import ResidualBlock
 
 
 def build_pruned_cfg(

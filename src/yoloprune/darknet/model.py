@@ -31,7 +31,7 @@ from yoloprune.darknet.cfg import (
     load_cfg,
     parse_cfg,
 )
-from yoloprune.darknet.graph import infer_channels
+from yoloprune.darknet.network import infer_channels
 
 LEAKY_SLOPE = 0.1  # darknet's leaky ReLU
 BN_EPS = 1e-5
@@ -264,6 +264,7 @@ class Darknet(nn.Module):
 
     @classmethod
     def from_text(cls, text: str) -> "Darknet":
+        """The model of a cfg given as text (public API on purpose: cfgs built in code need no file)."""
         return cls(parse_cfg(text))
 
     @property

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from yoloprune.darknet.cfg import ConvBlock, MaxpoolBlock, RouteBlock, ShortcutBlock, UpsampleBlock, YoloBlock
+from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, YoloBlock
 from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.model import Darknet, make_activation
 from yoloprune.prune.plan import PrunePlan
@@ -80,34 +81,29 @@ def _fold_into_conv(state: dict[str, torch.Tensor], prefix: str, block: ConvBloc
     return offset
 
 
-def _shortcut_offset(idx: int, block: ShortcutBlock, total: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """The offset after a kept shortcut whose summands' offsets add up to `total`."""
-    if block.activation == "linear":
+def _moved_offsets(cfg: DarknetCfg, idx: int, offset_or_zeros: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """The offsets of layer `idx`'s inputs moved as it moves their channels (concatenated, sliced,
+    passed through) and added where it sums them (`DarknetCfg.channel_runs`)."""
+    total = torch.zeros(cfg.channels_of(idx), dtype=torch.float64)
+    for j, run in cfg.channel_runs(idx):
+        total[run.out_start:run.out_start + run.size] += offset_or_zeros(j)[run.in_start:run.in_start + run.size]
+    return total
+
+
+def _activated_offset(idx: int, activation: str, total: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The offset after a layer that applies `activation` to what it moves or sums, whose summands'
+    offsets add up to `total`."""
+    if activation == "linear":
         return total
     # act(x + c) differs from act(x) by a constant only where x is constant: in the removed
     # channels, whose keep-size summands are both exactly 0
     removed = torch.ones(len(total), dtype=torch.bool)
     removed[kept] = False
     offset = torch.zeros_like(total)
-    offset[removed] = make_activation(block.activation)(total[removed])
+    offset[removed] = make_activation(activation)(total[removed])
     if total[~removed].abs().max() > 0:
-        log.warning("shortcut %d has a %s activation: a constant reaching its kept channels is dropped", idx, block.activation)
+        log.warning("layer %d has a %s activation: a constant reaching its kept channels is dropped", idx, activation)
     return offset
-
-
-def _summed_offsets(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """The offsets of a shortcut's summands added as darknet adds the summands: over the channels
-    both have, the previous layer's (`first`) width kept."""
-    common = min(len(first), len(second))
-    total = first.clone()
-    total[:common] += second[:common]
-    return total
-
-
-def _route_offset(block: RouteBlock, parts: list[torch.Tensor]) -> torch.Tensor:
-    if block.groups > 1:
-        parts = [part.chunk(block.groups)[block.group_id] for part in parts]
-    return torch.cat(parts)
 
 
 def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Tensor]:
@@ -133,22 +129,18 @@ def fold_pruned_constants(model: Darknet, plan: PrunePlan) -> dict[str, torch.Te
 
     with torch.no_grad():
         for idx, block in enumerate(cfg.layers):
-            inputs = cfg.inputs_of(idx)
-            incoming = [None if j < 0 else offsets[j] for j in inputs]
+            incoming = [None if j < 0 else offsets[j] for j in cfg.inputs_of(idx)]
             offset: torch.Tensor | None = None
             if isinstance(block, ConvBlock):
                 offset = _fold_into_conv(state, f"layers.{idx}.", block, incoming[0], removed_masks.get(idx))
-            elif isinstance(block, ShortcutBlock) and idx in removed_shortcuts:
+            elif idx in removed_shortcuts:
                 residual = removed_shortcuts[idx]
                 offset = offset_or_zeros(residual.first - 1) + offset_or_zeros(residual.second)
-            elif isinstance(block, ShortcutBlock) and (incoming[0] is not None or incoming[1] is not None):
-                offset = _shortcut_offset(idx, block, _summed_offsets(offset_or_zeros(inputs[0]), offset_or_zeros(inputs[1])), kept[idx])
-            elif isinstance(block, RouteBlock) and any(o is not None for o in incoming):
-                offset = _route_offset(block, [offset_or_zeros(j) for j in inputs])
-            elif isinstance(block, (UpsampleBlock, MaxpoolBlock)):
-                offset = incoming[0]
-            elif isinstance(block, YoloBlock) and incoming[0] is not None and incoming[0].abs().max() > 0:
-                log.warning("[yolo] %d reads a layer carrying a folded constant; it cannot absorb it", idx)
+            elif isinstance(block, YoloBlock):
+                if incoming[0] is not None and incoming[0].abs().max() > 0:
+                    log.warning("[yolo] %d reads a layer carrying a folded constant; it cannot absorb it", idx)
+            elif any(o is not None for o in incoming):
+                offset = _activated_offset(idx, block.out_activation, _moved_offsets(cfg, idx, offset_or_zeros), kept[idx])
             offsets.append(offset if offset is not None and offset.abs().max() > 0 else None)
     return state
 
@@ -175,25 +167,35 @@ def mask_model(model: Darknet, plan: PrunePlan) -> Darknet:
 # ---------------------------------------------------------------------------------------------- compact model
 
 
-def _shortcut_kept(idx: int, inputs: list[int], first: torch.Tensor, second: torch.Tensor, widths: list[int]) -> torch.Tensor:
-    """The channels a kept shortcut's output keeps: those of its summands, which must keep the same
-    ones. Summands of different widths (darknet sums the leading channels only) must stay whole:
-    removing a channel would shift which channels of the other summand it meets."""
-    if widths[0] != widths[1]:
-        if len(first) != widths[0] or len(second) != widths[1]:
-            raise ValueError(f"shortcut {idx}: its summands (layers {inputs}) differ in width, so neither may lose channels")
-    elif not torch.equal(first, second):
-        raise ValueError(f"shortcut {idx}: its summands keep different channels (layers {inputs})")
-    return first
-
-
-def _check_equal_parts(idx: int, j: int, indices: torch.Tensor, width: int, groups: int) -> None:
-    """A grouped route splits its pruned input into `groups` equal parts again: each original part
-    must keep the same number of channels, or the split would read across the part boundaries
-    (the planner keeps equal numbers, `darknet.graph.ChannelGroup.parts`)."""
-    counts = torch.bincount(indices // width, minlength=groups)
-    if not torch.all(counts == counts[0]):
-        raise ValueError(f"route {idx} splits layer {j} into {groups} groups, whose kept channels differ in number: {counts.tolist()}")
+def _kept_through(cfg: DarknetCfg, idx: int, kept_inputs: list[list[int]]) -> list[int]:
+    """The output channels a layer that moves or sums channels keeps, given its inputs' kept channels
+    (`kept_inputs`, in input order): those whose input channels are kept. Channels it sums must be
+    kept or removed together, and the pruned layer must read its pruned inputs as the original read
+    the kept channels (a grouped route's parts must keep equal numbers of channels, the planner's
+    `darknet.graph.ChannelGroup.parts`)."""
+    inputs = cfg.inputs_of(idx)
+    rank = [{channel: position for position, channel in enumerate(kept)} for kept in kept_inputs]
+    alive: dict[int, bool] = {}  # output channel -> whether it is kept
+    sources: dict[int, set[tuple[int, int]]] = {}  # kept output channel -> (input, pruned channel) it reads
+    for _, run in cfg.channel_runs(idx):
+        for offset in range(run.size):
+            channel, read = run.out_start + offset, run.in_start + offset
+            kept = read in rank[run.source]
+            if alive.setdefault(channel, kept) != kept:
+                raise ValueError(f"layer {idx}: its summands keep different channels (layers {inputs})")
+            if kept:
+                sources.setdefault(channel, set()).add((run.source, rank[run.source][read]))
+    kept_out = sorted(channel for channel, kept in alive.items() if kept)
+    pruned_reads: dict[int, set[tuple[int, int]]] = {}
+    for run in cfg.layers[idx].channel_runs([len(kept) for kept in kept_inputs]):
+        for offset in range(run.size):
+            pruned_reads.setdefault(run.out_start + offset, set()).add((run.source, run.in_start + offset))
+    if pruned_reads != {position: sources[channel] for position, channel in enumerate(kept_out)}:
+        raise ValueError(
+            f"layer {idx} ([{cfg.layers[idx].section}]) would read other channels of layers {inputs} once pruned: "
+            "a grouped route's parts must keep equal numbers of channels, summands of different widths stay whole"
+        )
+    return kept_out
 
 
 def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
@@ -207,7 +209,6 @@ def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
         return torch.arange(cfg.net.channels) if j < 0 else kept[j]
 
     for idx, block in enumerate(cfg.layers):
-        inputs = cfg.inputs_of(idx)
         if isinstance(block, ConvBlock):
             if idx in removed:
                 kept.append(torch.empty(0, dtype=torch.long))
@@ -215,27 +216,11 @@ def _kept_indices(model: Darknet, plan: PrunePlan) -> list[torch.Tensor]:
                 kept.append(torch.as_tensor(plan.kept_channels[idx], dtype=torch.long))
             else:
                 kept.append(torch.arange(block.filters))
-        elif isinstance(block, ShortcutBlock):
-            if idx in removed_shortcuts:
-                kept.append(of(removed_shortcuts[idx].first - 1))
-            else:
-                kept.append(_shortcut_kept(idx, inputs, of(inputs[0]), of(inputs[1]), [cfg.channels_of(j) for j in inputs]))
-        elif isinstance(block, RouteBlock):
-            parts, offset = [], 0
-            for j in inputs:
-                channels = cfg.channels_of(j)
-                indices = of(j)
-                if block.groups > 1:
-                    width = channels // block.groups
-                    _check_equal_parts(idx, j, indices, width, block.groups)
-                    low = width * block.group_id
-                    indices = indices[(indices >= low) & (indices < low + width)] - low
-                    channels = width
-                parts.append(indices + offset)
-                offset += channels
-            kept.append(torch.cat(parts))
+        elif idx in removed_shortcuts:
+            kept.append(of(removed_shortcuts[idx].first - 1))
         else:
-            kept.append(of(inputs[0]))
+            through = _kept_through(cfg, idx, [of(j).tolist() for j in cfg.inputs_of(idx)])
+            kept.append(torch.as_tensor(through, dtype=torch.long))
     return kept
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, RouteBlock, ShortcutBlock
+from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, LayerBlock
 from yoloprune.darknet.model import Darknet
 
 Importance = Callable[[Darknet], dict[int, torch.Tensor]]
@@ -64,28 +64,24 @@ def bn_scale_out_norm(model: Darknet) -> dict[int, torch.Tensor]:
 
 def reading_convs(cfg: DarknetCfg) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
     """Every (reading conv, its input channel, the conv output channels that input is made of): the
-    (conv, channel) pairs that reach it unchanged through routes, upsamples and maxpools, or summed
-    by shortcuts (darknet adds the second input over the channels both have)."""
-    image = [()] * cfg.net.channels
-    sources: list[list[tuple[tuple[int, int], ...]]] = []  # per layer, per output channel: the (conv, channel) pairs it carries
+    (conv, channel) pairs that reach it moved by routes, upsamples and maxpools, or summed by
+    shortcuts, as `DarknetCfg.channel_runs` says."""
     readings = []
-    for idx, block in enumerate(cfg.layers):
-        inputs = [image if j < 0 else sources[j] for j in cfg.inputs_of(idx)]
+    runs, channels = cfg.all_channel_runs(), cfg.out_channels
+
+    def carry(idx: int, block: LayerBlock, inputs: list[list[tuple[tuple[int, int], ...]]]) -> list[tuple[tuple[int, int], ...]]:
+        """Per output channel of layer `idx`: the (conv, channel) pairs it carries."""
         if isinstance(block, ConvBlock):
             readings.extend((idx, position, carried) for position, carried in enumerate(inputs[0]) if carried)
-            sources.append([((idx, c),) for c in range(block.filters)])
-        elif isinstance(block, RouteBlock):
-            channels = []
-            for carried in inputs:
-                width = len(carried) // block.groups
-                channels.extend(carried[width * block.group_id:width * (block.group_id + 1)])
-            sources.append(channels)
-        elif isinstance(block, ShortcutBlock):
-            first, second = inputs
-            # dict.fromkeys: `from=-1` adds a layer to itself, which is still one reading of each channel
-            sources.append([tuple(dict.fromkeys(carried + (second[p] if p < len(second) else ()))) for p, carried in enumerate(first)])
-        else:  # upsample, maxpool, yolo: channels pass through
-            sources.append(list(inputs[0]))
+            return [((idx, c),) for c in range(block.filters)]
+        carried_out: list[tuple[tuple[int, int], ...]] = [()] * channels[idx]
+        for _, run in runs[idx]:
+            for offset in range(run.size):
+                carried_out[run.out_start + offset] += inputs[run.source][run.in_start + offset]
+        # dict.fromkeys: `from=-1` adds a layer to itself, which is still one reading of each channel
+        return [tuple(dict.fromkeys(carried)) for carried in carried_out]
+
+    cfg.propagate(carry, [()] * cfg.net.channels)
     return readings
 
 

@@ -8,11 +8,13 @@ import torch
 from helpers import cfg_text, conv, opencv_head_outputs, random_darknet
 from yoloprune.bench.profile import count_forward_macs
 from yoloprune.darknet.cfg import parse_cfg
-from yoloprune.darknet.graph import analyze_graph, count_cfg_macs, residual_blocks
+from yoloprune.darknet.cost import count_cfg_macs
+from yoloprune.darknet.graph import analyze_graph
+from yoloprune.darknet.residual import residual_blocks
 from yoloprune.darknet.model import Darknet
 from yoloprune.export.darknet import export_darknet
 from yoloprune.export.onnx import export_onnx
-from yoloprune.prune import build_compact_model, mask_model, plan_channel_prune, prune_model
+from yoloprune.prune import Ratio, Threshold, build_compact_model, mask_model, plan_channel_prune, prune_model
 
 SIZE = 64
 SECTIONS = (
@@ -78,7 +80,7 @@ def test_pruning_zeroed_channels_is_exact_and_the_result_loads_in_opencv(tmp_pat
     with torch.no_grad():
         for idx, channels in zeroed.items():
             model.layers[idx].bn.weight[channels] = 0
-    plan = plan_channel_prune(model, "full", threshold=1e-12)
+    plan = plan_channel_prune(model, "full", Threshold(1e-12))
     assert {idx: sorted(set(range(8)) - set(plan.kept_channels[idx])) for idx in zeroed} == zeroed
     pruned = prune_model(model, plan)
     assert [pruned.cfg.layers[i] for i in (2, 4, 5)] == [model.cfg.layers[i] for i in (2, 4, 5)]
@@ -91,6 +93,6 @@ def test_pruning_zeroed_channels_is_exact_and_the_result_loads_in_opencv(tmp_pat
 
 def test_compact_model_equals_masked_model_under_a_ratio_plan():
     model = random_model()
-    plan = plan_channel_prune(model, "full", ratio=0.5)
+    plan = plan_channel_prune(model, "full", Ratio(0.5))
     for compact, masked in zip(heads(build_compact_model(model, plan)), heads(mask_model(model, plan))):
         assert (masked - compact).abs().max() <= 1e-5

@@ -7,15 +7,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from helpers import CONFIGS, FAMILY_CFGS, FIXTURES, GROUPED_ROUTE, cfg_text, conv
 from yoloprune.darknet.builder import build_yolov3_cfg_text
 from yoloprune.darknet.cfg import ConvBlock, ShortcutBlock, load_cfg, parse_cfg
-from yoloprune.darknet.graph import (
-    analyze_graph,
-    count_cfg_macs,
-    count_cfg_params,
-    infer_output_hw,
-    prunable_conv_indices,
-    residual_blocks,
-    safe_prunable_conv_indices,
-)
+from yoloprune.darknet.cost import count_cfg_macs, count_cfg_params
+from yoloprune.darknet.graph import analyze_graph, prunable_conv_indices, safe_prunable_conv_indices
+from yoloprune.darknet.network import infer_output_hw
+from yoloprune.darknet.residual import residual_blocks
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.darknet.edit import build_pruned_cfg
 
