@@ -1,4 +1,4 @@
-"""`yoloprune train`: baseline, sparsity (BN-γ L1) training and finetuning, on one process or under torchrun.
+"""`yoloprune train`: baseline, sparsity (BN-γ L1 or polarization) training and finetuning, on one process or under torchrun.
 
 Seed users' flags work as aliases: `--model_def` = `--cfg`, `-pre` = `--weights`, `-sr [--s S]` =
 `--sparsity S` (S defaults to 0.01 with `-sr`). With `--resume`, the flags saved in `OUT/last.pt`
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
     parser = add_command(
         subparsers, "train", TrainSettings, run_train, defaults=False,
-        help="train a detector: baseline, sparse (--sparsity), or finetune a pruned model",
+        help="train a detector: baseline, sparse (--sparsity, --sparsity-kind), or finetune a pruned model",
         description="Train a darknet YOLOv3-family model on a YOLO dataset. Writes OUT/last.pt, OUT/best.pt, "
         "OUT/metrics.csv and OUT/tb (TensorBoard). Under `torchrun --nproc_per_node=N -m yoloprune train ...` "
         "it trains with DistributedDataParallel (NCCL on GPU, gloo on CPU). With --resume, flags not given "

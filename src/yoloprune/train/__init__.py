@@ -1,4 +1,4 @@
-"""Training: the YOLOv3 loss, BN-γ sparsity, and one Trainer for baseline, sparse training and finetuning.
+"""Training: the YOLOv3 loss, the BN-γ sparsity regularisers, and one Trainer for baseline, sparse training and finetuning.
 
 `train(TrainSettings(...)) -> TrainResult` runs a whole training. Names load on first use, so importing
 the package does not import torch.
@@ -19,7 +19,11 @@ _EXPORTS = {
     "read_metrics_csv": "yoloprune.train.metrics",
     "YoloLoss": "yoloprune.train.loss",
     "LossWeights": "yoloprune.train.loss",
-    "apply_bn_sparsity": "yoloprune.train.sparsity",
+    "TrainState": "yoloprune.train.state",
+    "Regulariser": "yoloprune.train.regularisers",
+    "L1Sparsity": "yoloprune.train.regularisers",
+    "Polarization": "yoloprune.train.regularisers",
+    "build_regulariser": "yoloprune.train.regularisers",
     "resolve_sparsity_layers": "yoloprune.train.sparsity",
     "sparsity_at_epoch": "yoloprune.train.sparsity",
     "summarize_gammas": "yoloprune.train.sparsity",

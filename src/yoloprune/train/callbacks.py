@@ -1,21 +1,21 @@
 """What watches a training run: the callback hooks, the TensorBoard logger and the epoch's progress bar.
 
-The trainer calls each callback's hooks that exist (`on_step_end`, `on_epoch_end`, `on_train_end`);
-its own `TensorBoardLogger` is one of them, so a caller's callbacks see the same hooks it uses.
+The trainer calls each callback's hooks that exist (`on_epoch_start`, `on_step_end`, `on_epoch_end`,
+`on_train_end`) with itself as the first argument; its own `TensorBoardLogger` and `ProgressBar` are
+callbacks too (added first, on the main process), so a caller's callbacks see the same hooks they use.
+A hook reads the run from the trainer: `trainer.state` (`state.TrainState`: epoch, step, model,
+optimizer, regulariser, history), `trainer.meter` (the running epoch's loss sums), `trainer.settings`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
+from tqdm import tqdm
 
-from yoloprune.train.metrics import EpochMeter
 from yoloprune.train.sparsity import collect_gammas
-
-if TYPE_CHECKING:
-    from yoloprune.train.trainer import Trainer
 
 EVAL_METRICS = ("map50", "map", "precision", "recall")
 
@@ -23,11 +23,13 @@ EVAL_METRICS = ("map50", "map", "precision", "recall")
 class TrainCallback(Protocol):
     """Optional hooks; a callback may raise `TrainingStopped` (from `on_step_end`, `on_epoch_end`) to end the run."""
 
-    def on_step_end(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: Any) -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict) -> None: ...
+    def on_step_end(self, trainer: Any) -> None: ...
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_epoch_end(self, trainer: Any, row: dict) -> None: ...
+
+    def on_train_end(self, trainer: Any) -> None:
         """Called once the run ends, however it ends (finished, stopped or failed)."""
 
 
@@ -35,25 +37,25 @@ class TensorBoardLogger:
     """Each epoch's row as TensorBoard scalars (losses, lr, mAP, γ quantiles), plus γ histograms."""
 
     def __init__(self, log_dir: Path, first_epoch: int):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: only runs that log import it
 
         # purge_step: a resumed run hides the events the interrupted run wrote at steps >= first_epoch.
         self.writer = SummaryWriter(str(log_dir), purge_step=first_epoch)
 
-    def on_epoch_end(self, trainer: Trainer, row: dict) -> None:
+    def on_epoch_end(self, trainer: Any, row: dict) -> None:
         step = row["epoch"]
         for key, value in row.items():
             if key in ("epoch", "gamma_first_layer") or value is None or isinstance(value, list):
                 continue
             self.writer.add_scalar(f"{_scalar_group(key)}/{key}", value, step)
-        gammas = collect_gammas(trainer.bare_model, trainer.sparsity_layers)
+        gammas = collect_gammas(trainer.state.model, trainer.state.regulariser.penalised)
         if gammas.numel():
             self.writer.add_histogram("gamma/abs_all_considered", gammas, step)
         if row.get("gamma_first") is not None:
             self.writer.add_histogram("gamma/first_layer", torch.tensor(row["gamma_first"]), step)
         self.writer.flush()
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: Any) -> None:
         self.writer.close()
 
 
@@ -66,22 +68,26 @@ def _scalar_group(key: str) -> str:
 
 
 class ProgressBar:
-    """The epoch's tqdm bar over the train loader, showing the running per-image losses, lr and img/s."""
+    """The epoch's tqdm bar over its steps, showing the running per-image losses, lr and img/s."""
 
-    def __init__(self, loader: Iterable, description: str, enabled: bool):
-        from tqdm import tqdm
+    def __init__(self) -> None:
+        self.bar = None
 
-        self.enabled = enabled
-        self.bar = tqdm(loader, desc=description, disable=not enabled, leave=False, dynamic_ncols=True)
+    def on_epoch_start(self, trainer: Any) -> None:
+        description = f"epoch {trainer.state.epoch + 1}/{trainer.settings.epochs}"
+        self.bar = tqdm(total=len(trainer.train_loader), desc=description, leave=False, dynamic_ncols=True)
 
-    def __iter__(self) -> Iterator:
-        return iter(self.bar)
-
-    def show(self, meter: EpochMeter, part_names: Iterable[str], lr: float) -> None:
-        if not self.enabled:
-            return
+    def on_step_end(self, trainer: Any) -> None:
+        meter = trainer.meter
         images_per_s = meter.images / max(meter.elapsed(), 1e-9)
-        self.bar.set_postfix({name: f"{meter.mean(name):.3f}" for name in part_names} | {"lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"})
+        losses = {name: f"{meter.mean(name):.3f}" for name in meter.sums if name != "loss"}
+        lr = trainer.state.optimizer.param_groups[0]["lr"]
+        self.bar.set_postfix(losses | {"lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"}, refresh=False)
+        self.bar.update(1)
+        if self.bar.n >= self.bar.total:
+            self.on_train_end(trainer)  # before the evaluation's own bar
 
-    def close(self) -> None:
-        self.bar.close()
+    def on_train_end(self, trainer: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

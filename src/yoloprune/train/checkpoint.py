@@ -1,117 +1,45 @@
-"""Saving and restoring a training run's state, and the settings a resumed run continues with.
+"""Saving and resuming a training run, and the settings a resumed run continues with.
 
-`last.pt` (written after every epoch) holds the model (the EMA copy when EMA is on) plus everything a
-resume needs: optimizer, scheduler, AMP scaler, epoch, RNG states (torch/numpy/python/CUDA and the
-train loader's generator, stored as tensors and lists so that `torch.load(weights_only=True)` reads
-them), the metrics history, the s of the next epoch (a sparsity target raises it), the raw training
-weights when EMA is on, and the settings under the meta key "train_config". `best.pt` has the same layout.
+A training checkpoint (`last.pt` after every epoch, `best.pt` when the score improves) is a model
+checkpoint (`darknet.weights.save_checkpoint`: cfg text, weights, meta) whose weights are the model
+the run delivers (the EMA copy when EMA is on), plus the run's `TrainState` under "train_state"
+(`state.STATE_KEY`) and the settings under the meta key "train_config". It is written atomically
+and read with `torch.load(weights_only=True)`.
 
 Resuming: `resolve_resume` fills the settings not given from the saved run's, `check_resumed_settings`
-refuses a resume that would change the experiment, `load_resumed_model` and `restore_training_state`
-put model, optimizer and RNGs back where the last completed epoch left them.
+refuses a resume that would change the experiment, and `TrainState.load_state_dict` puts the state
+back where the last completed epoch left it.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from yoloprune.darknet.model import Darknet
-from yoloprune.darknet.weights import load_checkpoint, load_model, load_state_dict_checked, save_checkpoint
+from yoloprune.darknet.weights import load_checkpoint, save_checkpoint
 from yoloprune.errors import WeightsError, YoloPruneError
 from yoloprune.stage import settings_changes
 from yoloprune.train.settings import RESUMABLE_CHANGES, TrainSettings
-
-if TYPE_CHECKING:
-    from yoloprune.train.trainer import Trainer
+from yoloprune.train.state import STATE_KEY, TrainState
 
 LAST_NAME = "last.pt"
 SETTINGS_KEY = "train_config"  # the meta key of the saved settings; older checkpoints use it too
 
 
-# ------------------------------------------------------------------------------------------ RNG
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def capture_rng_state(loader_generator: torch.Generator | None = None) -> dict:
-    """torch/numpy/python (and CUDA, the loader's) RNG states as tensors and lists (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if loader_generator is not None:
-        state["loader"] = loader_generator.get_state()
-    return state
-
-
-def restore_rng_state(state: dict, loader_generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
-    )
-    python_state = state["python"]
-    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if state.get("loader") is not None and loader_generator is not None:
-        loader_generator.set_state(state["loader"])
-
-
-# ------------------------------------------------------------------------------------------ saving
-
-
-def save_training_state(trainer: Trainer, path: Path) -> None:
-    """The trainer's model and everything a resume needs, as one checkpoint."""
-    settings = trainer.settings
-    saved_model = trainer.ema.module if trainer.ema is not None else trainer.bare_model
-    extra: dict = {
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "epoch": trainer.epoch,
-        "global_step": trainer.global_step,
-        "history": trainer.history,
-        "best_map50": trainer.best_map50,
-        "sparsity_s": trainer.sparsity_s,
-        "rng": capture_rng_state(getattr(trainer.train_loader, "generator", None)),
-    }
-    if trainer.use_amp:
-        extra["scaler"] = trainer.scaler.state_dict()
-    if trainer.ema is not None:
-        # The saved model is the average; a resume continues training from the raw weights.
-        extra["train_state_dict"] = {k: v.detach().cpu() for k, v in trainer.bare_model.state_dict().items()}
-        extra["ema_updates"] = trainer.ema.updates
+def save_training_state(path: Path, state: TrainState, settings: TrainSettings, img_size: int) -> None:
+    """The run's delivered model and everything a resume needs, as one checkpoint."""
     meta = {
         "kind": "train",
-        "epoch": trainer.epoch,
+        "epoch": state.epoch,
         "epochs": settings.epochs,
-        "img_size": trainer.img_size,
+        "img_size": img_size,
         "sparsity": settings.sparsity,
+        "sparsity_kind": settings.sparsity_kind,
         "sparsity_decay": settings.sparsity_decay,
-        "sparsity_layers": trainer.sparsity_layers,
-        "ema": trainer.ema is not None,
+        "sparsity_layers": state.regulariser.penalised,
+        "ema": state.ema is not None,
         SETTINGS_KEY: settings.to_dict(),
     }
-    save_checkpoint(path, saved_model, meta=meta, **extra)
+    save_checkpoint(path, state.saved_model, meta=meta, **{STATE_KEY: state.state_dict()})
 
 
 # ------------------------------------------------------------------------------------------ resuming
@@ -159,29 +87,3 @@ def check_resumed_settings(state: dict, settings: TrainSettings, path: Path) -> 
             f"{path}: cannot resume with other settings than the saved run's ({'; '.join(changes)}): "
             "resume without changing them, or train into a new output folder"
         )
-
-
-def load_resumed_model(state: dict, path: Path) -> Darknet:
-    """The model training continues from, on the CPU: the raw training weights when EMA was on."""
-    model = load_model(None, path, device="cpu")
-    if "train_state_dict" in state:
-        load_state_dict_checked(model, state["train_state_dict"], path)
-    return model
-
-
-def restore_training_state(trainer: Trainer, state: dict) -> None:
-    """Put the optimizer, schedule, scaler, counters, EMA and RNGs back as the checkpoint saved them."""
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    if "scaler" in state and trainer.use_amp:
-        trainer.scaler.load_state_dict(state["scaler"])
-    trainer.epoch = int(state["epoch"])
-    trainer.global_step = int(state.get("global_step", trainer.epoch * trainer.steps_per_epoch))
-    trainer.history = list(state.get("history", []))
-    trainer.best_map50 = state.get("best_map50")
-    trainer.sparsity_s = float(state.get("sparsity_s", trainer.settings.sparsity))  # older checkpoints: never adapted
-    if trainer.ema is not None:
-        trainer.ema.module.load_state_dict(state["state_dict"])
-        trainer.ema.updates = int(state.get("ema_updates", 0))
-    if "rng" in state:
-        restore_rng_state(state["rng"], getattr(trainer.train_loader, "generator", None))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yoloprune.darknet.cfg import DarknetCfg, YoloBlock
-from yoloprune.darknet.graph import infer_output_hw
+from yoloprune.darknet.network import infer_output_hw
 from yoloprune.errors import WeightsError
 
 

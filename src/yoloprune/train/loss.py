@@ -198,6 +198,24 @@ class YoloLoss(nn.Module):
         valid[sorted_img, slot] = True
         return boxes, valid
 
+    def _head_positives(
+        self, head_idx: int, head_matches: torch.Tensor, targets: torch.Tensor, grid_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, ...]:
+        """The positives of head `head_idx` from its (M, A) anchor matches: per positive, the target's
+        row, the anchor, the cell (x, y) and the target's centre in grid cells; under `neighbour_cells`
+        also the neighbouring cells that reach the centre."""
+        grid_h, grid_w = grid_hw
+        target_idx, anchor_idx = head_matches.nonzero(as_tuple=True)
+        gxy = targets[target_idx, 2:4] * torch.tensor([grid_w, grid_h], device=targets.device)
+        cell_x = gxy[:, 0].long().clamp(0, grid_w - 1)
+        cell_y = gxy[:, 1].long().clamp(0, grid_h - 1)
+        if self.neighbour_cells:
+            target_idx, anchor_idx, cell_x, cell_y = _with_neighbour_cells(
+                target_idx, anchor_idx, gxy, cell_x, cell_y, self.codings[head_idx], grid_w, grid_h
+            )
+            gxy = targets[target_idx, 2:4] * torch.tensor([grid_w, grid_h], device=targets.device)
+        return target_idx, anchor_idx, cell_x, cell_y, gxy
+
     # ------------------------------------------------------------------------------------ forward
 
     def forward(
@@ -223,15 +241,7 @@ class YoloLoss(nn.Module):
             head_matches = matches[:, anchor_offset : anchor_offset + num_anchors]
             anchor_offset += num_anchors
 
-            target_idx, anchor_idx = head_matches.nonzero(as_tuple=True)
-            gxy = targets[target_idx, 2:4] * torch.tensor([grid_w, grid_h], device=device)
-            cell_x = gxy[:, 0].long().clamp(0, grid_w - 1)
-            cell_y = gxy[:, 1].long().clamp(0, grid_h - 1)
-            if self.neighbour_cells:
-                target_idx, anchor_idx, cell_x, cell_y = _with_neighbour_cells(
-                    target_idx, anchor_idx, gxy, cell_x, cell_y, coding, grid_w, grid_h
-                )
-                gxy = targets[target_idx, 2:4] * torch.tensor([grid_w, grid_h], device=device)
+            target_idx, anchor_idx, cell_x, cell_y, gxy = self._head_positives(head_idx, head_matches, targets, (grid_h, grid_w))
             matched = targets[target_idx]
             img_idx = matched[:, 0].long()
             gwh = matched[:, 4:6] * torch.tensor([grid_w, grid_h], device=device)

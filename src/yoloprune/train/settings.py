@@ -15,10 +15,11 @@ from yoloprune.settings import check_img_size, is_whole, option, require
 
 OPTIMIZERS = ("sgd", "adam")
 SPARSITY_LAYER_SETS = ("all", "safe")  # named sets of BN layers under the penalty (see train.sparsity)
+# The penalty on the BN γ (train.regularisers): L1 (network slimming) or polarization (Zhuang et al. 2020).
+SPARSITY_KINDS = ("l1", "polarization")
 # How the penalty is shared among the layers: the same s everywhere, or s scaled by what a channel of
-# the layer costs in MACs (`train.sparsity.macs_sparsity_weights`) or in the latency a latency table
-# predicts (`train.sparsity.latency_sparsity_weights`).
-SPARSITY_WEIGHTINGS = ("none", "macs", "latency")
+# the layer costs in MACs (`darknet.cost.channel_macs`, normalised by `train.sparsity.normalised_weights`).
+SPARSITY_WEIGHTINGS = ("none", "macs")
 SMALL_GAMMA = 0.01  # |γ| below this counts as "pruned away": the logged fraction, the default --sparsity-target-threshold
 # --sparsity-target doubles s when the sparse share stalls, up to this multiple of the starting s unless
 # --sparsity-max says otherwise: one doubling. Measured on the demo's data (README, the recipe): with
@@ -53,19 +54,23 @@ class TrainSettings:
     momentum: float = 0.937
     weight_decay: float = option(5e-4, help="weight decay on conv weights (never on BN γ/β or biases)")
     warmup_epochs: float = option(1.0, help="linear LR warmup length in epochs")
-    sparsity: float = option(0.0, help="BN-γ L1 weight s: adds s·sign(γ) to γ.grad each step")
+    sparsity: float = option(0.0, help="strength s of the BN-γ penalty: with l1, adds s·sign(γ) to γ.grad each step")
+    sparsity_kind: str = option(
+        "l1", choices=SPARSITY_KINDS,
+        help="the penalty on γ: l1 pushes every γ towards 0; polarization (t·|γ| - |γ - mean γ|, γ kept in "
+        "[0, --polarization-bound]) pushes γ to two groups, at 0 and at the bound (docs/sparsity.md)",
+    )
+    polarization_t: float = option(
+        1.0, metavar="T", help="polarization's t: a larger t sends more γ to 0 (the penalty alone leaves a share 1/2 + t/4 at 0, for t up to 2)",
+    )
+    polarization_bound: float = option(1.0, metavar="A", help="polarization keeps each penalised γ in [0, A] (the paper's a)")
     sparsity_layers: str | list[int] = option(
         "all", choices=SPARSITY_LAYER_SETS, help="BN layers under the penalty: all BN convs or the seed's safe prunable set",
     )
     sparsity_weighting: str = option(
         "none", choices=SPARSITY_WEIGHTINGS,
         help="none: the same s on every penalised γ; macs: s times a weight proportional to the MACs one "
-        "channel of the layer costs (its filter and its slice of the convs reading it), mean 1 over the penalised channels; "
-        "latency: the same with the ms a --latency-table predicts removing one channel saves",
-    )
-    latency_table: str | Path | None = option(
-        None, metavar="T.json",
-        help="latency table for --sparsity-weighting latency: `yoloprune latency-table` JSON for the cfg at the training input size",
+        "channel of the layer costs (its filter and its slice of the convs reading it), mean 1 over the penalised channels",
     )
     sparsity_target: float | None = option(
         None, metavar="F",
@@ -137,15 +142,11 @@ class TrainSettings:
             check(is_whole(getattr(self, name)) and getattr(self, name) >= 0, name, "a whole number >= 0")
         check(self.max_steps is None or (is_whole(self.max_steps) and self.max_steps >= 1), "max_steps", "a whole number >= 1")
         check(self.sparsity_weighting in SPARSITY_WEIGHTINGS, "sparsity_weighting", " or ".join(repr(name) for name in SPARSITY_WEIGHTINGS))
+        check(self.sparsity_kind in SPARSITY_KINDS, "sparsity_kind", " or ".join(repr(name) for name in SPARSITY_KINDS))
+        check(self.polarization_t > 0, "polarization_t", "> 0")
+        check(self.polarization_bound > 0, "polarization_bound", "> 0")
         check(not isinstance(self.sparsity_layers, str) or self.sparsity_layers in SPARSITY_LAYER_SETS, "sparsity_layers", f"one of {SPARSITY_LAYER_SETS} or a list of layers")
-        self._validate_latency_weighting()
         self._validate_sparsity_target()
-
-    def _validate_latency_weighting(self) -> None:
-        if self.sparsity_weighting == "latency" and self.latency_table is None:
-            raise SettingsError("latency_table", "`sparsity_weighting` latency needs a latency table: build one with `yoloprune latency-table`")
-        ok = self.latency_table is None or self.sparsity_weighting == "latency"
-        require(ok, "latency_table", "given with `sparsity_weighting` latency", self.latency_table)
 
     def _validate_sparsity_target(self) -> None:
         target = self.sparsity_target

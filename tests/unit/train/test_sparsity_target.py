@@ -1,5 +1,5 @@
-"""`train --sparsity-target` end to end (early stop, s raised on a stall and kept by a resume) and
-`--sparsity-weighting latency` wired to its table, on a tiny synthetic dataset; their flags on the CLI."""
+"""`train --sparsity-target` end to end (early stop, s raised on a stall and kept by a resume) on a
+tiny synthetic dataset; the sparsity flags on the CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from yoloprune.cli import main
 from yoloprune.darknet.weights import load_checkpoint
 from yoloprune.train.metrics import read_metrics_csv
 from yoloprune.train.settings import TrainSettings
-from yoloprune.train.trainer import Trainer, train
+from yoloprune.train.trainer import train
 
 NANO_CFG = ROOT / "configs" / "yolov3-hand-nano.cfg"
 
@@ -28,6 +28,11 @@ def _settings(data: Path, out: Path, **changes) -> TrainSettings:
     return TrainSettings(**values)
 
 
+def saved_s(path: Path) -> float:
+    """The s a checkpoint's regulariser will continue with."""
+    return load_checkpoint(path)["train_state"]["regulariser"]["s"]
+
+
 def test_an_easy_target_ends_the_run_early_as_a_finished_run(tiny_data, tmp_path, caplog):
     """Every |γ| is below 10: the share is 1 after epoch 1, so the run ends there, evaluated and
     saved as a last epoch is (best.pt, although --eval-every 5 would not have evaluated it)."""
@@ -38,7 +43,7 @@ def test_an_easy_target_ends_the_run_early_as_a_finished_run(tiny_data, tmp_path
     assert len(rows) == 1 < 3 and rows[-1]["sparse_macs_share"] == 1.0 >= 0.5
     assert result.target_reached and not result.stopped_early and result.epochs_completed == 1
     assert rows[-1]["map50"] is not None and result.best is not None and result.best.exists()
-    assert load_checkpoint(result.last)["epoch"] == 1
+    assert load_checkpoint(result.last)["train_state"]["epoch"] == 1
     assert "sparsity target reached at epoch 1" in caplog.text
     again = train(_settings(tiny_data, out, sparsity_target=0.5, sparsity_target_threshold=10.0, eval_every=5, resume=True))
     assert again.epochs_completed == 1 and again.target_reached  # a resume of a finished run trains no further
@@ -53,13 +58,13 @@ def test_a_stalled_share_doubles_s_and_a_resume_keeps_the_raised_s(tiny_data, tm
     target = dict(sparsity_target=0.5, sparsity_target_threshold=1e-9, epochs=5, sparsity_max=1e-3)
     stopped = train(_settings(tiny_data, out, max_steps=7, **target))  # 2 steps per epoch: in epoch 4
     assert stopped.stopped_early and stopped.epochs_completed == 3
-    assert load_checkpoint(out / "last.pt")["sparsity_s"] == pytest.approx(2e-4)
+    assert saved_s(out / "last.pt") == pytest.approx(2e-4)
     resumed = train(_settings(tiny_data, out, resume=True, **target))
     rows = read_metrics_csv(resumed.metrics_csv)
     assert [row["sparsity"] for row in rows] == pytest.approx([1e-4, 1e-4, 1e-4, 2e-4, 2e-4])
     assert all(row["sparse_macs_share"] == 0.0 for row in rows)
     assert not resumed.target_reached and resumed.epochs_completed == 5  # the cap ends it
-    assert load_checkpoint(resumed.last)["sparsity_s"] == pytest.approx(4e-4)
+    assert saved_s(resumed.last) == pytest.approx(4e-4)
 
 
 def test_without_sparsity_max_s_doubles_once(tiny_data, tmp_path):
@@ -67,43 +72,19 @@ def test_without_sparsity_max_s_doubles_once(tiny_data, tmp_path):
     result = train(_settings(tiny_data, tmp_path / "run", sparsity_target=0.5, sparsity_target_threshold=1e-9, epochs=6))
     rows = read_metrics_csv(result.metrics_csv)
     assert [row["sparsity"] for row in rows] == pytest.approx([1e-4, 1e-4, 1e-4, 2e-4, 2e-4, 2e-4])
-    assert load_checkpoint(result.last)["sparsity_s"] == pytest.approx(2e-4)
-
-
-def nano_table(path: Path, img_size: int = 64) -> Path:
-    """A scripted latency table for the nano cfg (every conv 1 ns per multiply-add), saved as JSON."""
-    from yoloprune.bench.latency_shapes import ConvShape
-    from yoloprune.bench.latency_table import build_table
-    from yoloprune.darknet.cfg import load_cfg
-
-    def timer(shape, channels):
-        if not isinstance(shape, ConvShape):
-            return 0.0
-        (h, w), (cin, cout) = shape.in_hw, channels
-        return 1e-6 * h * w / shape.stride**2 * cin * cout * shape.size**2
-
-    key = {"cpu": "scripted", "runtime": "ort", "runtime_version": "scripted", "threads": 1, "img_size": img_size}
-    build_table(load_cfg(NANO_CFG), img_size, timer, key, progress=False).save(path)
-    return path
-
-
-def test_latency_weighting_weights_the_penalty_by_the_given_table(tiny_data, tmp_path):
-    from yoloprune.bench.latency_table import LatencyTable
-    from yoloprune.train.sparsity import latency_sparsity_weights
-
-    table = nano_table(tmp_path / "nano.json")
-    trainer = Trainer(_settings(tiny_data, tmp_path / "run", sparsity_weighting="latency", latency_table=table))
-    trainer.setup()
-    expected = latency_sparsity_weights(trainer.bare_model.cfg, trainer.sparsity_layers, LatencyTable.load(table))
-    assert trainer.sparsity_weights == expected and len(set(expected.values())) > 2
+    assert saved_s(result.last) == pytest.approx(2e-4)
 
 
 def test_train_help_lists_the_new_options(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--sparsity-weighting {none,macs,latency}", "--latency-table", "--sparsity-target F", "--sparsity-target-threshold", "--sparsity-max"):
+    for flag in (
+        "--sparsity-weighting {none,macs}", "--sparsity-kind {l1,polarization}", "--polarization-t T", "--polarization-bound A",
+        "--sparsity-target F", "--sparsity-target-threshold", "--sparsity-max",
+    ):
         assert flag in text
+    assert "latency" not in text
 
 
 TRAIN = ["train", "--cfg", str(NANO_CFG), "--img-size", "64", "--epochs", "1", "--batch", "4", "--no-progress", "--out", "{tmp}/new"]
@@ -113,40 +94,17 @@ BAD = {
     "target-without-s": (["--sparsity-target", "0.5"], "--sparsity-target: needs the penalty on: give --sparsity > 0"),
     "target-with-decay": (["--sparsity", "0.01", "--sparsity-target", "0.5", "--sparsity-decay", "0.5"], "--sparsity-decay: must be left out with --sparsity-target"),
     "max-below-s": (["--sparsity", "0.01", "--sparsity-target", "0.5", "--sparsity-max", "0.001"], "--sparsity-max: must be >= --sparsity (0.01)"),
-    "latency-without-table": (["--sparsity", "0.01", "--sparsity-weighting", "latency"], "--latency-table: --sparsity-weighting latency needs a latency table"),
-    "table-without-latency": (["--sparsity", "0.01", "--latency-table", "{tmp}/t64.json"], "--latency-table: must be given with --sparsity-weighting latency"),
-    "table-of-another-size": (
-        ["--sparsity", "0.01", "--sparsity-weighting", "latency", "--latency-table", "{tmp}/t128.json"],
-        "t128.json: measured at 128 px inputs, this run is at 64 px (--img-size)",
-    ),
-    "table-of-another-cfg": (
-        ["--sparsity", "0.01", "--sparsity-weighting", "latency", "--latency-table", "{tmp}/other.json"], "other.json: no measurement for layer",
-    ),
-    "missing-table": (["--sparsity", "0.01", "--sparsity-weighting", "latency", "--latency-table", "{tmp}/none.json"], "none.json: cannot read the latency table"),
+    "polarization-t-zero": (["--sparsity", "0.01", "--sparsity-kind", "polarization", "--polarization-t", "0"], "--polarization-t: must be > 0, got 0"),
+    "polarization-bound-zero": (["--sparsity", "0.01", "--sparsity-kind", "polarization", "--polarization-bound", "0"], "--polarization-bound: must be > 0, got 0"),
 }
 
 
-@pytest.fixture(scope="module")
-def tables(tmp_path_factory) -> Path:
-    """Scripted tables: the nano cfg's at 64 and at 128 px, and another cfg's at 64 px."""
-    from helpers import cfg_text, conv
-    from yoloprune.bench.latency_table import build_table
-    from yoloprune.darknet.cfg import parse_cfg
-
-    root = tmp_path_factory.mktemp("tables")
-    nano_table(root / "t64.json")
-    nano_table(root / "t128.json", 128)
-    key = {"cpu": "scripted", "runtime": "ort", "runtime_version": "scripted", "threads": 1, "img_size": 64}
-    build_table(parse_cfg(cfg_text(conv(16, 3))), 64, lambda shape, channels: 1.0, key, progress=False).save(root / "other.json")
-    return root
-
-
 @pytest.mark.parametrize("case", BAD, ids=list(BAD))
-def test_a_bad_target_or_table_is_one_error_line(tiny_data, tables, capsys, case):
+def test_a_bad_sparsity_setting_is_one_error_line(tiny_data, tmp_path, capsys, case):
     extra, expected = BAD[case]
-    arguments = [a.format(tmp=tables) for a in [*TRAIN, "--data", str(tiny_data), *extra]]
+    arguments = [a.format(tmp=tmp_path) for a in [*TRAIN, "--data", str(tiny_data), *extra]]
     assert main(arguments) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("yoloprune: error: "), err
     assert expected in err
-    assert not (tables / "new").exists()
+    assert not (tmp_path / "new").exists()

@@ -31,7 +31,7 @@ where, value = sys.argv[1], sys.argv[2]
 if where == "step":
     compute_loss = Trainer.compute_loss
     def killing_compute_loss(self, images, targets):
-        if self.global_step == int(value):
+        if self.state.global_step == int(value):
             os.kill(os.getpid(), signal.SIGKILL)
         return compute_loss(self, images, targets)
     Trainer.compute_loss = killing_compute_loss
@@ -73,13 +73,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(data, uninterrupted, tm
     out = tmp_path / "run"
     child = subprocess.run([sys.executable, "-c", KILLING_CLI, *kill_at, *train_arguments(data, out)], capture_output=True, text=True)
     assert child.returncode == -signal.SIGKILL, child.stderr
-    assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the kill came in epoch 2, before its checkpoint landed
+    assert load_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1  # the kill came in epoch 2, before its checkpoint landed
 
     assert main(["train", "--resume", "--out", str(out)]) == 0
     assert [row["epoch"] for row in read_metrics_csv(out / "metrics.csv")] == [1, 2, 3]
     for name in ("last.pt", "best.pt"):
         expected, resumed = load_checkpoint(uninterrupted / name), load_checkpoint(out / name)
-        assert resumed["epoch"] == expected["epoch"]
+        assert resumed["train_state"]["epoch"] == expected["train_state"]["epoch"]
         for key, tensor in expected["state_dict"].items():
             assert torch.allclose(resumed["state_dict"][key].float(), tensor.float(), atol=1e-5), (name, key)
     expected_rows, resumed_rows = read_metrics_csv(uninterrupted / "metrics.csv"), read_metrics_csv(out / "metrics.csv")

@@ -26,7 +26,7 @@ WORKER = textwrap.dedent(
     class SaveEveryRank:
         def on_epoch_end(self, trainer, row):
             state = {k: v.detach().cpu() for k, v in trainer.bare_model.state_dict().items()}
-            torch.save({"state": state, "steps": trainer.global_step}, f"{out}/rank{trainer.context.rank}.pt")
+            torch.save({"state": state, "steps": trainer.state.global_step}, f"{out}/rank{trainer.context.rank}.pt")
 
     settings = TrainSettings(data=data, cfg=cfg, out=out, epochs=2, batch_size=2, img_size=64, augment=False,
                          progress=False, tensorboard=False, sparsity=1e-3, eval_every=2)

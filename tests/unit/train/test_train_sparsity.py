@@ -1,10 +1,10 @@
-"""BN-γ sparsity: the gradient step, the layer sets computed from the cfg graph, the schedule, the γ statistics."""
+"""The sparsity regularisers: the layer sets computed from the cfg graph, the L1 and polarization
+gradient steps (against s·sign(γ) and a finite-difference oracle), the MACs weighting against
+hand-counted costs, the schedule, the sparsity target's climb, the γ statistics."""
 
 from __future__ import annotations
 
 from helpers import ROOT
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +12,9 @@ import torch
 from yoloprune.darknet.cfg import ConvBlock, ShortcutBlock, UpsampleBlock, load_cfg
 from yoloprune.darknet.graph import bn_conv_indices, safe_prunable_conv_indices
 from yoloprune.darknet.model import Darknet
-from yoloprune.train.sparsity import (
-    SMALL_GAMMA,
-    apply_bn_sparsity,
-    resolve_sparsity_layers,
-    sparsity_at_epoch,
-    summarize_gammas,
-)
+from yoloprune.train.regularisers import L1Sparsity, Polarization, build_regulariser
+from yoloprune.train.settings import TrainSettings
+from yoloprune.train.sparsity import SMALL_GAMMA, resolve_sparsity_layers, sparsity_at_epoch, summarize_gammas
 
 ROOT = ROOT
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -43,22 +39,34 @@ def test_safe_set_excludes_every_shortcut_summand_and_upsample_input(name):
                     assert input_idx not in safe, f"{name}: layer {input_idx} feeds [{block.section}] {idx}"
 
 
-def test_sparsity_step_changes_exactly_the_chosen_gamma_grads():
-    torch.manual_seed(0)
+def regulariser_for(cfg, img_size: int = 64, **settings):
+    """The regulariser `yoloprune train` builds for these settings (s = 0.01 unless given)."""
+    return build_regulariser(TrainSettings(**{"sparsity": 0.01, **settings}), cfg, img_size)
+
+
+def model_with_random_gammas(seed: int = 0, low: float = -1.0) -> Darknet:
+    torch.manual_seed(seed)
     model = Darknet(str(NANO_CFG))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(-1, 1)  # both signs, so sign(γ) matters
+                module.weight.uniform_(low, 1)  # both signs by default, so sign(γ) matters
+    return model
+
+
+def test_l1_step_adds_exactly_s_sign_gamma_to_the_chosen_gamma_grads():
+    model = model_with_random_gammas()
     sum(head.sum() for head in model(torch.rand(2, 3, 64, 64))).backward()
     before = {name: p.grad.clone() for name, p in model.named_parameters()}
+    regulariser = regulariser_for(model.cfg, sparsity=0.003, sparsity_layers="safe")
+    assert isinstance(regulariser, L1Sparsity) and regulariser.at_epoch(0) == 0.003
     chosen = safe_prunable_conv_indices(model.cfg)
-    s = 0.003
-    apply_bn_sparsity(model, s, chosen)
+    assert regulariser.penalised == chosen
+    regulariser.regularize(model)
     for name, parameter in model.named_parameters():
         layer_idx = int(name.split(".")[1])
         if name.endswith("bn.weight") and layer_idx in chosen:
-            assert torch.equal(parameter.grad, before[name] + s * torch.sign(parameter.detach()))
+            assert torch.equal(parameter.grad, before[name] + 0.003 * torch.sign(parameter.detach()))
         else:
             assert torch.equal(parameter.grad, before[name]), name
 
@@ -154,13 +162,11 @@ def hand_channel_costs() -> dict[int, float]:
 
 
 def test_macs_weights_are_proportional_to_the_hand_counted_channel_cost():
-    from yoloprune.train.sparsity import macs_sparsity_weights
-
     cfg = costed_cfg()
     costs = hand_channel_costs()
     layers = resolve_sparsity_layers(cfg, "all")
     assert layers == sorted(costs)
-    weights = macs_sparsity_weights(cfg, layers, 64)
+    weights = regulariser_for(cfg, sparsity_weighting="macs").weights
     for i in layers:
         for j in layers:
             assert weights[i] / weights[j] == pytest.approx(costs[i] / costs[j], rel=1e-12)
@@ -170,28 +176,26 @@ def test_macs_weights_are_proportional_to_the_hand_counted_channel_cost():
 
 @pytest.mark.parametrize("layer_set", ["all", "safe"])
 def test_macs_weights_average_one_over_the_penalised_channels(layer_set):
-    from yoloprune.train.sparsity import macs_sparsity_weights
-
     for cfg in (costed_cfg(), load_cfg(NANO_CFG)):
         layers = resolve_sparsity_layers(cfg, layer_set)
-        weights = macs_sparsity_weights(cfg, layers, 64)
+        weights = regulariser_for(cfg, sparsity_weighting="macs", sparsity_layers=layer_set).weights
         assert set(weights) == set(layers)
         per_channel = [weights[idx] for idx in layers for _ in range(cfg.layers[idx].filters)]
         assert sum(per_channel) / len(per_channel) == pytest.approx(1.0, rel=1e-12)
 
 
 def test_a_weighted_step_moves_the_expensive_layers_gamma_more():
-    from yoloprune.train.sparsity import macs_sparsity_weights
-
     model = Darknet.from_text(costed_cfg_text())
     layers = resolve_sparsity_layers(model.cfg, "all")
-    weights = macs_sparsity_weights(model.cfg, layers, 64)
+    s = 0.01
+    regulariser = regulariser_for(model.cfg, sparsity=s, sparsity_weighting="macs")
+    regulariser.at_epoch(0)
+    weights = regulariser.weights
     gammas = [model.layers[idx].bn.weight for idx in layers]
     before = {idx: model.layers[idx].bn.weight.detach().clone() for idx in layers}  # all 1 (fresh BN)
     optimizer = torch.optim.SGD(gammas, lr=0.1)
     optimizer.zero_grad(set_to_none=False)  # a zero task gradient: only the penalty moves γ
-    s = 0.01
-    apply_bn_sparsity(model, s, layers, weights)
+    regulariser.regularize(model)
     costs = hand_channel_costs()
     for idx in layers:
         assert torch.allclose(model.layers[idx].bn.weight.grad, torch.full_like(before[idx], s * weights[idx]))
@@ -202,107 +206,114 @@ def test_a_weighted_step_moves_the_expensive_layers_gamma_more():
     assert moved[2] == pytest.approx(2 * moved[1], rel=1e-3)  # float32 γ near 1
 
 
-def test_sparsity_weighting_is_a_checked_setting_that_a_resume_may_not_change(tmp_path):
+@pytest.mark.parametrize("name, saved_value, other", [("sparsity_weighting", "macs", "none"), ("sparsity_kind", "polarization", "l1")])
+def test_the_penalty_is_a_checked_setting_that_a_resume_may_not_change(tmp_path, name, saved_value, other):
     from yoloprune.errors import SettingsError, YoloPruneError
     from yoloprune.train.checkpoint import check_resumed_settings
-    from yoloprune.train.settings import TrainSettings
 
     with pytest.raises(SettingsError) as caught:
-        TrainSettings(sparsity=0.01, sparsity_weighting="flops")
-    assert caught.value.setting == "sparsity_weighting"
-    saved = TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, sparsity_weighting="macs")
-    assert saved.to_dict()["sparsity_weighting"] == "macs"  # what the checkpoint's meta records
+        TrainSettings(sparsity=0.01, **{name: "flops"})
+    assert caught.value.setting == name
+    saved = TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, **{name: saved_value})
+    assert saved.to_dict()[name] == saved_value  # what the checkpoint's meta records
     state = {"meta": {"train_config": saved.to_dict()}}
-    with pytest.raises(YoloPruneError, match="sparsity_weighting"):
-        check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01), tmp_path / "last.pt")
-    check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, sparsity_weighting="macs"), tmp_path / "last.pt")
+    with pytest.raises(YoloPruneError, match=name):
+        check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, **{name: other}), tmp_path / "last.pt")
+    check_resumed_settings(state, TrainSettings(cfg=str(NANO_CFG), sparsity=0.01, **{name: saved_value}), tmp_path / "last.pt")
 
 
-# ---------------------------------------------------------------------------------------------- latency weighting
-
-SCRIPTED_KEY = {"cpu": "scripted", "runtime": "ort", "runtime_version": "scripted", "threads": 1, "img_size": 64}
+# ---------------------------------------------------------------------------------------------- polarization
 
 
-def scripted_table(text: str, timer):
-    from yoloprune.bench.latency_table import build_table
-    from yoloprune.darknet.cfg import parse_cfg
-
-    cfg = parse_cfg(text)
-    return cfg, build_table(cfg, 64, timer, SCRIPTED_KEY, progress=False)
-
-
-@pytest.mark.parametrize("conv0_ms", [1e-3, 1e-2])
-def test_latency_weights_follow_the_hand_priced_table_rows(conv0_ms):
-    """conv0 (3x3, 3 -> 16) and conv1 (1x1, 16 -> 16) before the head (1x1, 16 -> 6) on a fake CPU
-    where a conv costs k·cin·cout ms, k per layer. Removing a channel of conv0 saves its own row
-    (k0·3) and conv1's input (k1·16); one of conv1 saves its row (k1·16) and the head's input (kh·6)."""
-    from helpers import cfg_text, conv
-    from yoloprune.bench.latency_shapes import ConvShape
-    from yoloprune.train.sparsity import latency_sparsity_weights
-
-    k1, kh = 1e-4, 2e-4
-
-    def timer(shape, channels):
-        if not isinstance(shape, ConvShape):
-            return 0.0
-        k = conv0_ms if shape.size == 3 else k1 if shape.batch_normalize else kh
-        return k * channels[0] * channels[1]
-
-    cfg, table = scripted_table(cfg_text(conv(16, 3), conv(16, 1)), timer)
-    saving = {0: conv0_ms * 3 + k1 * 16, 1: k1 * 16 + kh * 6}
-    mean = (16 * saving[0] + 16 * saving[1]) / 32  # both layers have 16 channels
-    weights = latency_sparsity_weights(cfg, [0, 1], table)
-    assert weights == pytest.approx({idx: saving[idx] / mean for idx in (0, 1)}, rel=1e-9)
-    # the conv whose rows cost 10 times more: its weight grows with its own row's share of the saving
-    assert weights[0] / weights[1] == pytest.approx((conv0_ms * 3 + k1 * 16) / (k1 * 16 + kh * 6), rel=1e-9)
+def polarization_penalty(gammas: list[torch.Tensor], weights: list[float], t: float) -> torch.Tensor:
+    """Zhuang et al.'s R(γ) = Σ_i w_i·(t·|γ_i| − |γ_i − mean(γ)|), the mean over all layers' γ together,
+    written out from the paper's equation."""
+    mean = torch.cat(gammas).mean()
+    return sum(w * (t * gamma.abs() - (gamma - mean).abs()).sum() for gamma, w in zip(gammas, weights))
 
 
-def multiply_add_timer(shape, channels):
-    """A fake CPU on which every conv costs 1 ns per multiply-add and nothing else costs anything."""
-    from yoloprune.bench.latency_shapes import ConvShape
+@pytest.mark.parametrize("weighting", ["none", "macs"])
+@pytest.mark.parametrize("t", [0.6, 1.3])
+def test_polarization_gradient_is_the_finite_difference_gradient_of_its_penalty(weighting, t):
+    """Oracle: central differences of the penalty itself, in float64, at γ away from every kink of
+    |·| (so the penalty is differentiable there and the differences exact up to rounding)."""
+    model = Darknet.from_text(costed_cfg_text()).double()
+    regulariser = regulariser_for(model.cfg, sparsity=0.02, sparsity_kind="polarization", polarization_t=t, sparsity_weighting=weighting)
+    assert isinstance(regulariser, Polarization) and regulariser.at_epoch(0) == 0.02
+    layers = regulariser.penalised
+    generator = torch.Generator().manual_seed(1)
+    gammas = [model.layers[idx].bn.weight for idx in layers]
+    with torch.no_grad():
+        for gamma in gammas:
+            gamma.copy_(torch.rand(gamma.shape, generator=generator, dtype=torch.float64) * 0.9 + 0.05)
+            gamma.grad = torch.zeros_like(gamma)
+    values = [gamma.detach().clone() for gamma in gammas]
+    mean = float(torch.cat(values).mean())
+    assert min(float((v - mean).abs().min()) for v in values) > 1e-4 < min(float(v.abs().min()) for v in values)
+    weights = [regulariser.weight(idx) for idx in layers]
+    assert weighting == "none" or len(set(weights)) > 2
 
-    if not isinstance(shape, ConvShape):
-        return 0.0
-    (h, w), (cin, cout) = shape.in_hw, channels
-    return 1e-6 * h * w / shape.stride**2 * cin * cout * shape.size**2
+    regulariser.regularize(model)
+    step = 1e-7
+    for k, gamma in enumerate(gammas):
+        for i in range(gamma.numel()):
+            up, down = [v.clone() for v in values], [v.clone() for v in values]
+            up[k][i] += step
+            down[k][i] -= step
+            numeric = 0.02 * (polarization_penalty(up, weights, t) - polarization_penalty(down, weights, t)) / (2 * step)
+            assert float(gamma.grad[i]) == pytest.approx(float(numeric), rel=1e-6, abs=1e-9), (layers[k], i)
 
 
-@pytest.mark.parametrize("layer_set", ["all", "safe"])
-def test_latency_weights_are_the_macs_weights_on_a_table_that_times_multiply_adds(layer_set):
-    """With latency proportional to multiply-adds the table's savings are the MACs a channel costs,
-    split between the convs of a shortcut-coupled set the same way: the two weightings agree, with
-    the same normalisation (mean 1 over the penalised channels)."""
-    from helpers import cfg_text, conv
-    from yoloprune.train.sparsity import latency_sparsity_weights, macs_sparsity_weights
+def test_polarization_keeps_the_penalised_gammas_in_zero_to_the_bound_and_touches_nothing_else():
+    model = model_with_random_gammas(low=-1.0)
+    with torch.no_grad():
+        model.layers[0].bn.weight[0] = 1.7  # above the bound
+    regulariser = regulariser_for(model.cfg, sparsity_kind="polarization", polarization_bound=0.8, sparsity_layers="safe")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    regulariser.after_step(model)
+    for name, parameter in model.named_parameters():
+        layer_idx = int(name.split(".")[1])
+        if name.endswith("bn.weight") and layer_idx in regulariser.penalised:
+            assert torch.equal(parameter, before[name].clamp(0.0, 0.8)), name
+        else:
+            assert torch.equal(parameter, before[name]), name
+    assert not torch.equal(before["layers.0.bn.weight"], model.layers[0].bn.weight)  # layer 0 is penalised: clamped
+    unpenalised = regulariser_for(model.cfg, sparsity=0.0, sparsity_kind="polarization", polarization_bound=0.8)
+    model = model_with_random_gammas(low=-1.0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    unpenalised.after_step(model)  # s = 0: no penalty, no constraint
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
-    # conv1 and conv3 are summed by the shortcut (one channel set); every width is two channel blocks
-    # or more, so that the table's slope over the first block is that of the multiply-adds
-    text = cfg_text(conv(16, 3), conv(32, 3, stride=2), conv(16, 1), conv(32, 3), "[shortcut]\nfrom=-3\nactivation=linear\n", conv(16, 1))
-    cfg, table = scripted_table(text, multiply_add_timer)
-    layers = resolve_sparsity_layers(cfg, layer_set)
-    by_latency, by_macs = latency_sparsity_weights(cfg, layers, table), macs_sparsity_weights(cfg, layers, 64)
-    assert by_latency == pytest.approx(by_macs, rel=1e-9)
-    per_channel = [by_latency[idx] for idx in layers for _ in range(cfg.layers[idx].filters)]
-    assert sum(per_channel) / len(per_channel) == pytest.approx(1.0, rel=1e-12)
 
-
-def test_a_table_that_predicts_no_saving_is_refused_naming_it(tmp_path):
-    from helpers import cfg_text, conv
-    from yoloprune.bench.latency_table import LatencyTableError
-    from yoloprune.train.sparsity import latency_sparsity_weights
-
-    cfg, table = scripted_table(cfg_text(conv(16, 3), conv(16, 1)), lambda shape, channels: 1.0)  # flat: no count is faster
-    table.save(tmp_path / "flat.json")
-    with pytest.raises(LatencyTableError, match="flat.json: predicts no saving"):
-        latency_sparsity_weights(cfg, [0, 1], table)
+def test_polarization_alone_splits_the_gammas_into_zeros_and_the_bound_where_l1_empties_them_all():
+    """Only the penalty moves γ (zero task gradient, plain SGD, γ from U(0.2, 1)): polarization ends
+    with every γ at 0 or at the bound a, both groups non-empty (the paper's Lemma 3.1: R is concave,
+    so its minima on [0, a]^n are vertices); L1 for as many steps brings every γ to within one step
+    of 0. With t = 0.8 a γ above the mean climbs at s·(1 − t − c) and one below it falls at
+    s·(1 + t + c), c = the mean's share (|c| ≤ 1), so 300 steps of 0.01 reach both ends."""
+    ends = {}
+    for kind in ("polarization", "l1"):
+        model = model_with_random_gammas(low=0.2)
+        regulariser = regulariser_for(model.cfg, sparsity=0.01, sparsity_kind=kind, polarization_t=0.8, polarization_bound=1.0)
+        regulariser.at_epoch(0)
+        gammas = [model.layers[idx].bn.weight for idx in regulariser.penalised]
+        optimizer = torch.optim.SGD(gammas, lr=1.0)
+        for _ in range(300):
+            optimizer.zero_grad(set_to_none=False)
+            regulariser.regularize(model)
+            optimizer.step()
+            regulariser.after_step(model)
+        ends[kind] = torch.cat([gamma.detach().flatten() for gamma in gammas])
+    polarized = ends["polarization"]
+    at_zero, at_bound = polarized == 0, polarized == 1.0
+    assert bool((at_zero | at_bound).all()) and 0 < int(at_zero.sum()) < polarized.numel()
+    assert float(ends["l1"].abs().max()) <= 0.01
 
 
 # ---------------------------------------------------------------------------------------------- sparsity target
 
 
 def test_sparse_macs_share_is_the_hand_counted_cost_of_the_small_gammas():
-    from yoloprune.train.sparsity import channel_macs, sparse_macs_share
-
     model = Darknet.from_text(costed_cfg_text())
     layers = resolve_sparsity_layers(model.cfg, "all")
     threshold = 0.03125  # a power of two: the same number as a float32 γ and as a Python float
@@ -319,7 +330,7 @@ def test_sparse_macs_share_is_the_hand_counted_cost_of_the_small_gammas():
             total += costs[idx]
             small += costs[idx] if abs(value) < threshold else 0.0
     assert 0 < small < total
-    share = sparse_macs_share(model, layers, channel_macs(model.cfg, 64), threshold)
+    share = regulariser_for(model.cfg, sparsity_target_threshold=threshold).log(model)["sparse_macs_share"]
     assert share == pytest.approx(small / total, rel=1e-12)
 
 
@@ -359,11 +370,13 @@ def test_s_never_goes_down():
         (dict(sparsity=0.01, sparsity_target=0.5, sparsity_max=0.001), "sparsity_max", ">= `sparsity` (0.01)"),
         (dict(sparsity=0.01, sparsity_max=0.1), "sparsity_max", "given with `sparsity_target`"),
         (dict(sparsity=0.01, sparsity_target=0.5, sparsity_target_threshold=0.0), "sparsity_target_threshold", "> 0"),
-        (dict(sparsity=0.01, sparsity_weighting="latency"), "latency_table", "needs a latency table"),
-        (dict(sparsity=0.01, latency_table="t.json"), "latency_table", "given with `sparsity_weighting` latency"),
+        (dict(sparsity=0.01, sparsity_weighting="latency"), "sparsity_weighting", "'none' or 'macs'"),
+        (dict(sparsity=0.01, sparsity_kind="hoyer"), "sparsity_kind", "'l1' or 'polarization'"),
+        (dict(sparsity=0.01, sparsity_kind="polarization", polarization_t=0.0), "polarization_t", "> 0"),
+        (dict(sparsity=0.01, sparsity_kind="polarization", polarization_bound=-1.0), "polarization_bound", "> 0"),
     ],
 )
-def test_target_and_latency_settings_are_checked(values, setting, text):
+def test_sparsity_settings_are_checked(values, setting, text):
     from yoloprune.errors import SettingsError
     from yoloprune.train.settings import TrainSettings
 

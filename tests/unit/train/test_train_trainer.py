@@ -12,7 +12,7 @@ import torch
 
 from yoloprune.cli import build_parser
 from yoloprune.cli.train import build_train_settings
-from yoloprune.darknet.weights import load_checkpoint
+from yoloprune.darknet.weights import load_checkpoint, load_model
 from yoloprune.train.metrics import METRIC_COLUMNS, read_metrics_csv
 from yoloprune.train.settings import TrainSettings
 from yoloprune.train.trainer import Trainer, TrainingDiverged, TrainingStopped, train
@@ -38,8 +38,9 @@ def test_run_writes_checkpoints_and_one_metrics_row_per_epoch(tiny_data, tmp_pat
     assert all(row["map50"] is not None for row in rows)
     assert set(result.final_metrics) == {"map50", "map", "precision", "recall"}
     checkpoint = load_checkpoint(result.last)  # weights_only=True inside
-    assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
-    assert {"optimizer", "scheduler", "rng"} <= set(checkpoint)
+    state = checkpoint["train_state"]
+    assert state["epoch"] == 2 and len(state["history"]) == 2 and state["regulariser"] == {"kind": "l1", "s": 1e-3}
+    assert {"optimizer", "scheduler", "rng"} <= set(state)
     first_layer = rows[-1]["gamma_first_layer"]
     assert rows[-1]["gamma_first"] == pytest.approx(checkpoint["state_dict"][f"layers.{first_layer}.bn.weight"].tolist(), abs=1e-5)
     assert result.best is not None and result.best.exists()
@@ -67,14 +68,22 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_p
         assert torch.allclose(resumed_state[name].float(), tensor.float(), atol=1e-5), name
 
 
-@pytest.mark.parametrize("weighting", ["none", "macs"])
-def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tmp_path, weighting):
+def polarization_gradient(gammas: dict[int, torch.Tensor], weights: dict[int, float], t: float) -> dict[int, torch.Tensor]:
+    """∂/∂γ of Σ_i w_i·(t·|γ_i| − |γ_i − γ̄|) with γ̄ the mean of all γ (test_train_sparsity checks this
+    closed form against finite differences)."""
+    mean = torch.cat(list(gammas.values())).mean()
+    through_mean = sum(weights[idx] * torch.sign(g - mean).sum() for idx, g in gammas.items()) / sum(g.numel() for g in gammas.values())
+    return {idx: weights[idx] * (t * torch.sign(g) - torch.sign(g - mean)) + through_mean for idx, g in gammas.items()}
+
+
+@pytest.mark.parametrize("kind, weighting", [("l1", "none"), ("l1", "macs"), ("polarization", "none")])
+def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_its_gradient(tiny_data, tmp_path, kind, weighting):
     """One plain-SGD step from the same state with and without the penalty: every penalised γ ends
-    lr·s·w·sign(γ) lower (w = 1, or its layer's MACs weight), every other parameter identical, though
-    gradient clipping is active."""
+    lr·s·∂R/∂γ lower (L1: s·w·sign(γ), w = 1 or its layer's MACs weight; polarization: its gradient,
+    then clamped to [0, 1]), every other parameter identical, though gradient clipping is active."""
     from yoloprune.darknet.model import Darknet
     from yoloprune.darknet.weights import save_checkpoint
-    from yoloprune.train.sparsity import macs_sparsity_weights, resolve_sparsity_layers
+    from yoloprune.train.sparsity import resolve_sparsity_layers
 
     model = Darknet(str(NANO_CFG))
     with torch.no_grad():
@@ -83,30 +92,62 @@ def test_sparsity_moves_each_penalised_gamma_by_exactly_lr_times_s(tiny_data, tm
                 module.weight.uniform_(-1, 1)  # both signs, so sign(γ) matters
     start = tmp_path / "start.pt"
     save_checkpoint(start, model)
-    lr, s = 0.01, 0.05
+    lr, s, t = 0.01, 0.05, 1.2
 
     def one_step(sparsity: float, out: Path) -> dict[str, torch.Tensor]:
         # grad_clip 0.1: far below the gradient norm of a summed detection loss, so clipping is active
         settings = _settings(
             tiny_data, out, weights=start, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=lr, warmup_epochs=0.0,
             sparsity=sparsity, sparsity_layers="safe", grad_clip=0.1, max_steps=1, eval_every=0, sparsity_weighting=weighting,
+            sparsity_kind=kind, polarization_t=t,
         )
         trainer = Trainer(settings)
         assert trainer.run().stopped_early
+        regulariser_weights[sparsity] = trainer.state.regulariser.weights
         return {name: p.detach().clone() for name, p in trainer.bare_model.named_parameters()}
 
+    regulariser_weights: dict = {}
     plain, penalised = one_step(0.0, tmp_path / "plain"), one_step(s, tmp_path / "penalised")
     chosen = resolve_sparsity_layers(model.cfg, "safe")
-    weights = macs_sparsity_weights(model.cfg, chosen, 64) if weighting == "macs" else dict.fromkeys(chosen, 1.0)
+    # the weights are checked against hand-counted MACs in test_train_sparsity; here that the step uses them
+    weights = regulariser_weights[s] if weighting == "macs" else dict.fromkeys(chosen, 1.0)
     assert weighting == "none" or max(weights.values()) > 2 * min(weights.values())  # the weighting matters here
-    initial = dict(model.named_parameters())
+    initial = {idx: model.layers[idx].bn.weight.detach() for idx in chosen}
+    if kind == "l1":
+        gradient = {idx: weights[idx] * torch.sign(gamma) for idx, gamma in initial.items()}
+    else:
+        gradient = polarization_gradient(initial, weights, t)
     for name, value in penalised.items():
         layer_idx = int(name.split(".")[1])
         if name.endswith("bn.weight") and layer_idx in chosen:
-            expected = plain[name] - lr * s * weights[layer_idx] * torch.sign(initial[name].detach())
+            expected = plain[name] - lr * s * gradient[layer_idx]
+            expected = expected.clamp(0.0, 1.0) if kind == "polarization" else expected
             assert torch.allclose(value, expected, rtol=0, atol=1e-6), name
         else:
             assert torch.equal(value, plain[name]), name
+    if kind == "polarization":
+        assert any(bool((penalised[f"layers.{idx}.bn.weight"] == 0).any()) for idx in chosen)  # the clamp acted
+
+
+def test_a_checkpoint_of_the_earlier_flat_layout_resumes_as_the_state_object_does(tiny_data, tmp_path):
+    """Checkpoints written before the state object kept its keys at the top level and s as
+    "sparsity_s": rewritten so, a run's last.pt resumes into the same run, bit for bit."""
+    from yoloprune.darknet.weights import save_checkpoint
+
+    stopped = _settings(tiny_data, tmp_path / "new", epochs=2, max_steps=3, eval_every=0)
+    train(stopped)
+    checkpoint = load_checkpoint(tmp_path / "new" / "last.pt")
+    flat = dict(checkpoint.pop("train_state"))
+    flat["sparsity_s"] = flat.pop("regulariser")["s"]
+    model = load_model(None, tmp_path / "new" / "last.pt")
+    (tmp_path / "old").mkdir()
+    meta = {**checkpoint["meta"], "train_config": {**checkpoint["meta"]["train_config"], "out": str(tmp_path / "old")}}
+    save_checkpoint(tmp_path / "old" / "last.pt", model, meta=meta, **flat)
+    for name in ("new", "old"):
+        train(_settings(tiny_data, tmp_path / name, epochs=2, eval_every=0, resume=True))
+    new, old = (load_checkpoint(tmp_path / name / "last.pt") for name in ("new", "old"))
+    assert new["train_state"]["epoch"] == old["train_state"]["epoch"] == 2
+    assert all(torch.equal(tensor, old["state_dict"][key]) for key, tensor in new["state_dict"].items())
 
 
 def test_best_is_saved_before_last(tiny_data, tmp_path, monkeypatch):
@@ -124,13 +165,13 @@ def test_best_is_saved_before_last(tiny_data, tmp_path, monkeypatch):
 def test_callback_interruption_keeps_the_last_complete_epoch(tiny_data, tmp_path):
     class StopInEpochTwo:
         def on_step_end(self, trainer):
-            if trainer.epoch == 1:
+            if trainer.state.epoch == 1:
                 raise TrainingStopped("simulated kill")
 
     out = tmp_path / "run"
     result = train(_settings(tiny_data, out), callbacks=[StopInEpochTwo()])
     assert result.stopped_early and result.epochs_completed == 1
-    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert load_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1
     assert [row["epoch"] for row in read_metrics_csv(out / "metrics.csv")] == [1]
 
 
@@ -145,7 +186,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="not finite.*epoch 2"):
         train(_settings(tiny_data, out, eval_every=0), extra_loss_terms=[poisoned_term])
-    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert load_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1
 
 
 def test_seed_aliases_and_resume_defaults(tiny_data, tmp_path):
