@@ -1,5 +1,5 @@
-"""`yoloprune data {oxford-hand,synth,check,show,anchors}`: make, validate and look at YOLO datasets,
-and fit a cfg's anchors to one."""
+"""`yoloprune data {voc,coco,yolo,oxford-hand,synth,check,show,anchors}`: import, make, validate and
+look at YOLO datasets, and fit a cfg's anchors to one."""
 
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ def _oxford_hand(args: argparse.Namespace) -> int:
 
     summary = convert_oxford_hand(args.src, args.out, skip_bad=args.skip_bad, reference_split=args.reference_split)
     print(summary.format())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    settings = from_arguments(args.settings_class, args)
+    start = time.perf_counter()
+    summary = settings.run()
+    print(summary.format())
+    print(f"imported in {time.perf_counter() - start:.1f} s; check it with: yoloprune data check {summary.data_path}")
     return 0
 
 
@@ -63,11 +72,47 @@ def _anchors(args: argparse.Namespace) -> int:
     return 0
 
 
+IMPORT_COMMON = (
+    "Boxes reaching past the image are clipped to it, degenerate ones (no width or height) skipped; "
+    "both are counted with the files named (import.txt in OUT names them all). A malformed file, a missing "
+    "image or a --classes name the dataset lacks stops the import with one line naming the file, and OUT is "
+    "left as it was: the dataset is built beside it and renamed into place when complete. An existing OUT is "
+    "replaced only if it holds nothing but a previous import. The source is only read."
+)
+
+
+def _register_importers(commands) -> None:
+    from yoloprune.data.settings import CocoImportSettings, VocImportSettings, YoloImportSettings
+
+    add_command(
+        commands, "voc", VocImportSettings, _import, help="import a Pascal VOC dataset (LabelImg's XML)",
+        description="Import ROOT/Annotations/*.xml with ROOT/JPEGImages/. The split published in "
+        "ImageSets/Main/{train,val,test}.txt is kept; without train.txt and val.txt there the images are split "
+        "by --fractions. Boxes: VOC's 1-based inclusive pixel corners, [xmin - 1, xmax] in image coordinates; "
+        "difficult boxes are kept as ordinary boxes (and counted). " + IMPORT_COMMON,
+    )
+    add_command(
+        commands, "coco", CocoImportSettings, _import, help="import a COCO instances .json and its images",
+        description="Import a COCO instances file (bbox [x, y, width, height] in pixels from the top-left "
+        "corner; classes = the categories in id order) with the folder its file_name entries are relative "
+        "to, split by --fractions. Crowd regions (iscrowd 1), which COCO's evaluation ignores, are dropped and "
+        "counted: the labels here have no ignore flag. " + IMPORT_COMMON,
+    )
+    add_command(
+        commands, "yolo", YoloImportSettings, _import, help="import an Ultralytics / Roboflow YOLO dataset (data.yaml)",
+        description="Import the train / val / test splits a data.yaml names, as published. A split folder "
+        "written in the yaml that does not exist (an absolute path of another machine) is looked up by its "
+        "trailing components beside the yaml (e.g. valid/images), and the summary says which folder was "
+        "used. " + IMPORT_COMMON,
+    )
+
+
 def register(subparsers) -> None:
     from yoloprune.data.settings import AnchorSettings, ShowSettings, SynthSettings
 
-    parser = subparsers.add_parser("data", help="make, check and view YOLO datasets")
+    parser = subparsers.add_parser("data", help="import, make, check and view YOLO datasets")
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    _register_importers(commands)
 
     oxford = commands.add_parser(
         "oxford-hand",

@@ -1,4 +1,5 @@
-"""YOLO datasets: the `.data` format, the loader, the Oxford Hand converter and the synthetic dataset.
+"""YOLO datasets: the `.data` format, the loader, the importers (Pascal VOC, COCO, Ultralytics, Oxford
+Hand) and the synthetic dataset.
 
 Heavy modules (cv2, torch) load on first use of a name, so importing the package stays cheap.
 """
@@ -19,6 +20,10 @@ _EXPORTS = {
     "unletterbox_boxes_xyxy": "yoloprune.data.transforms",
     "generate_synthetic_dataset": "yoloprune.data.synth",
     "convert_oxford_hand": "yoloprune.data.oxford_hand",
+    "ImportOptions": "yoloprune.data.importers.options",
+    "import_voc": "yoloprune.data.importers.voc",
+    "import_coco": "yoloprune.data.importers.coco",
+    "import_yolo": "yoloprune.data.importers.ultralytics",
     "check_dataset": "yoloprune.data.check",
     "render_sample_grid": "yoloprune.data.show",
 }

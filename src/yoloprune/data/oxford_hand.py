@@ -24,16 +24,15 @@ reference picks its model and reports its score on that same split, so such a sc
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from yoloprune.data.spec import IMAGE_SUFFIXES, format_label_lines, write_dataset_spec
+from yoloprune.data.importers.writer import copy_example
+from yoloprune.data.spec import IMAGE_SUFFIXES, write_dataset_spec
 from yoloprune.data.transforms import xyxy_px_to_cxcywh_norm
 from yoloprune.errors import DataError
-from yoloprune.fileio import atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -162,19 +161,6 @@ def _hand_labels(hands: list[np.ndarray], width: int, height: int, mat_path: Pat
     return xyxy_px_to_cxcywh_norm(labels_xyxy_px, width, height)
 
 
-def _write_example(image_path: Path, labels_cxcywh_norm: np.ndarray, out: Path, out_split: str, name: str) -> Path:
-    """Copy the image to `out/images/<split>/<name>`, write its label file; returns the copy's path."""
-    out_image = out / "images" / out_split / name
-    out_image.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_image) as tmp:
-        shutil.copyfile(image_path, tmp)
-    atomic_write_text(
-        out / "labels" / out_split / f"{Path(name).stem}.txt",
-        format_label_lines(labels_cxcywh_norm[:, 0], labels_cxcywh_norm[:, 1:]),
-    )
-    return out_image
-
-
 def convert_oxford_hand(
     src: str | Path, out: str | Path, skip_bad: bool = False, progress: bool = True, reference_split: bool = False
 ) -> ConversionSummary:
@@ -228,7 +214,7 @@ def convert_oxford_hand(
             if name in used_names[out_split]:
                 name = f"{split_dir.split('_')[0]}_{name}"
             used_names[out_split].add(name)
-            listed[out_split].append(_write_example(image_path, labels_cxcywh_norm, out, out_split, name))
+            listed[out_split].append(copy_example(image_path, labels_cxcywh_norm, out, out_split, name))
             summary.images[out_split] += 1
             summary.boxes[out_split] += len(labels_cxcywh_norm)
     summary.data_path = write_dataset_spec(out, "hand", ["hand"], listed["train"], listed["val"], listed.get("test"))

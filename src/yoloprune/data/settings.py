@@ -1,9 +1,12 @@
-"""The `data synth` and `data show` settings: their defaults and checks, importable without cv2 or torch."""
+"""The `data synth`, `data show`, `data anchors` and importer (`data voc|coco|yolo`) settings: their
+defaults and checks, importable without cv2 or torch."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from yoloprune.data.importers.options import ImportOptions
 from yoloprune.settings import check_img_size, is_whole, option, require
 
 
@@ -87,3 +90,91 @@ class AnchorSettings:
         require(self.img_size is not None or self.cfg is not None, "img_size", "given when there is no --cfg", self.img_size)
         require(self.out is None or self.cfg is not None, "out", "given with --cfg (the cfg to write the anchors into)", self.out)
         require(self.num is None or (is_whole(self.num) and self.num >= 1), "num", "a whole number >= 1", self.num)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
+
+
+@dataclass(kw_only=True)
+class ImportSettings:
+    """What `data voc`, `data coco` and `data yolo` share: which classes, which split, which name."""
+
+    classes: str | None = option(None, metavar="A,B", help="keep only these classes, in this order (comma-separated); boxes of the others are dropped and counted")
+    merge: str | None = option(None, metavar="NAME", help="put every (kept) class into one class of this name")
+    fractions: str | None = option(
+        None, metavar="TRAIN,VALID[,TEST]", default_text="0.7,0.15,0.15",
+        help="shares of the images per split, for a source that publishes no split (a split it publishes is kept)",
+    )
+    seed: int = option(0, help="seed of the split by fractions")
+    group: str | None = option(
+        None, metavar="REGEX",
+        help="with the split by fractions: images whose file names give the same group 1 of REGEX "
+        "(e.g. one recording session) go to the same split",
+    )
+    name: str | None = option(None, help="name of the .data and .names files", default_text="the output folder's name")
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            names = _names(self.classes)
+            require(all(names) and len(set(names)) == len(names), "classes", "comma-separated class names, each once", self.classes)
+        require(self.merge is None or bool(self.merge.strip()), "merge", "a class name", self.merge)
+        require(self.name is None or (bool(self.name.strip()) and "/" not in self.name), "name", "a file name without '/'", self.name)
+        if self.fractions is not None:
+            try:
+                shares = [float(share) for share in self.fractions.split(",")]
+            except ValueError:
+                shares = []
+            require(
+                len(shares) in (2, 3) and shares[0] > 0 and shares[1] > 0 and min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6,
+                "fractions", "2 or 3 comma-separated shares (train, valid, test) summing to 1, train and valid > 0", self.fractions,
+            )
+        if self.group is not None:
+            try:
+                groups = re.compile(self.group).groups
+            except re.error:
+                groups = 0
+            require(groups >= 1, "group", "a regular expression with a group in parentheses", self.group)
+
+    def options(self) -> ImportOptions:
+        """The importers' `ImportOptions`."""
+        return ImportOptions(
+            classes=_names(self.classes) if self.classes is not None else None,
+            merge=self.merge.strip() if self.merge is not None else None,
+            fractions=tuple(float(share) for share in self.fractions.split(",")) if self.fractions is not None else None,
+            seed=self.seed, group=self.group, name=self.name,
+        )
+
+
+@dataclass
+class VocImportSettings(ImportSettings):
+    root: str = option(positional=True, help="the VOC folder: Annotations/, JPEGImages/ and optionally ImageSets/Main/")
+    out: str = option(positional=True, help="output dataset folder")
+
+    def run(self):
+        from yoloprune.data.importers.voc import import_voc
+
+        return import_voc(self.root, self.out, self.options())
+
+
+@dataclass
+class CocoImportSettings(ImportSettings):
+    annotations: str = option(positional=True, help="the COCO instances .json")
+    images: str = option(positional=True, help="the folder its file_name entries are relative to")
+    out: str = option(positional=True, help="output dataset folder")
+
+    def run(self):
+        from yoloprune.data.importers.coco import import_coco
+
+        return import_coco(self.annotations, self.images, self.out, self.options())
+
+
+@dataclass
+class YoloImportSettings(ImportSettings):
+    data_yaml: str = option(positional=True, help="the Ultralytics data.yaml")
+    out: str = option(positional=True, help="output dataset folder")
+
+    def run(self):
+        from yoloprune.data.importers.ultralytics import import_yolo
+
+        return import_yolo(self.data_yaml, self.out, self.options())
