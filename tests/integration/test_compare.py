@@ -11,7 +11,6 @@ from helpers import sparse_nano
 from yoloprune.cli import main
 from yoloprune.darknet.weights import save_checkpoint
 
-pytest.importorskip("torch_pruning")  # in the dev extra; without it compare leaves its rows out (tested below)
 
 TARGETS = (0.6,)
 TOLERANCE = 0.01
@@ -55,7 +54,8 @@ def dataset(tmp_path_factory):
 
 
 def test_compare_rows_land_on_their_budgets(tmp_path, dataset, monkeypatch, capsys):
-    from yoloprune.compare import run
+    pytest.importorskip("torch_pruning")  # in the dev extra; without it compare leaves its rows out (tested below)
+    from yoloprune.pipelines.compare import run
 
     model = layered_sparse_nano()
     checkpoint = tmp_path / "sparse.pt"
@@ -100,7 +100,7 @@ def test_compare_rows_land_on_their_budgets(tmp_path, dataset, monkeypatch, caps
 
 
 def test_without_torch_pruning_its_rows_are_left_out_with_one_warning(tmp_path, dataset, monkeypatch, caplog):
-    monkeypatch.setattr("yoloprune.compare.run.torch_pruning_version", lambda: None)
+    monkeypatch.setattr("yoloprune.pipelines.compare.run.torch_pruning_version", lambda: None)
     checkpoint = tmp_path / "sparse.pt"
     save_checkpoint(checkpoint, sparse_nano())
     args = ["compare", "--weights", str(checkpoint), "--data", str(dataset), "--out", str(tmp_path / "cmp"), "--img-size", "64",
@@ -116,14 +116,15 @@ def test_without_torch_pruning_its_rows_are_left_out_with_one_warning(tmp_path, 
 
 
 def test_macs_counted_from_the_modules_are_torchs_flop_count():
-    """compare's count (conv module shapes, cfg output sizes) against torch's flop counter on a
+    """compare's count (darknet's counter on the conv modules' widths) against torch's flop counter on a
     forward (meta device: shapes only), for a model yoloprune pruned and one Torch-Pruning pruned."""
+    pytest.importorskip("torch_pruning")
     from yoloprune.bench.profile import count_forward_macs
-    from yoloprune.compare.pruners import _prune_with_ratio, count_macs
-    from yoloprune.prune import plan_channel_prune, plan_layer_prune, prune_model
+    from yoloprune.pipelines.compare.pruners import _prune_with_ratio, count_macs
+    from yoloprune.prune import Ratio, plan_channel_prune, plan_layer_prune, prune_model
 
     model = layered_sparse_nano()
-    by_yoloprune = prune_model(model, plan_channel_prune(model, "full", ratio=0.5, removed_blocks=plan_layer_prune(model, 2)))
+    by_yoloprune = prune_model(model, plan_channel_prune(model, "full", Ratio(0.5), removed_blocks=plan_layer_prune(model, 2)))
     by_torch_pruning = _prune_with_ratio(model, {}, 0.4, round_to=2)
     for pruned in (model, by_yoloprune, by_torch_pruning):
         assert count_macs(pruned, 96) == count_forward_macs(copy.deepcopy(pruned).to("meta"), 96)
@@ -139,7 +140,7 @@ def test_compare_settings_print_flags_that_rebuild_them():
     import shlex
 
     from yoloprune.cli import build_parser
-    from yoloprune.compare.settings import CompareSettings
+    from yoloprune.pipelines.compare.settings import CompareSettings
     from yoloprune.settings import from_arguments, to_arguments
 
     settings = CompareSettings(weights="w.pt", data="d.data", out="docs/cmp", targets=(0.5, 0.27), round_to=8, threads=1, split="valid")
@@ -152,7 +153,7 @@ def test_the_ratio_search_finds_a_budget_past_a_non_monotone_stretch():
     bisection over (0, 1) closes in on the jump at 0.5 and misses 0.35; the grid and the bisection
     between grid points find the crossing near 0.96, and the search around the closest ratio finds
     a dip narrower than the grid's step."""
-    from yoloprune.compare.pruners import search_ratio, within
+    from yoloprune.pipelines.compare.pruners import search_ratio, within
 
     def fraction_at(ratio: float) -> float:
         if ratio < 0.5:

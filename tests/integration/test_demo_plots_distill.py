@@ -43,10 +43,10 @@ def test_plot_needs_a_run_directory(tmp_path):
 
 
 def test_plot_draws_the_channels_of_a_prune_report_and_refuses_a_broken_one(tmp_path):
-    from yoloprune.prune import build_prune_report, plan_channel_prune, prune_model
+    from yoloprune.prune import Ratio, build_prune_report, plan_channel_prune, prune_model
 
     model = sparse_nano()
-    plan = plan_channel_prune(model, "full", ratio=0.5)
+    plan = plan_channel_prune(model, "full", Ratio(0.5))
     report = build_prune_report(model, prune_model(model, plan), plan)
     (tmp_path / "report.json").write_text(report.to_json() + "\n")
     assert plot_run(tmp_path, tmp_path / "figures") == [tmp_path / "figures" / "channels.png"]
@@ -71,6 +71,7 @@ def test_gamma_histogram_counts_every_considered_channel():
 
 
 def test_the_demo_model_is_the_committed_demo_cfg():
-    from yoloprune.demo import PROFILES
+    from yoloprune.pipelines.demo_settings import DEMO_DATA
+    from yoloprune.pipelines.run.profiles import PROFILES
 
-    assert (CONFIGS / "yolov3-hand-demo.cfg").read_text() == PROFILES["default"].cfg_text()
+    assert (CONFIGS / "yolov3-hand-demo.cfg").read_text() == DEMO_DATA["default"].cfg_text(PROFILES["default"].img_size)

@@ -47,7 +47,7 @@ def macs_fraction_scorer(*args, **kwargs):
     a third of it as mAP@0.5:0.95). A random model's measured mAP is ~0 whatever is pruned, so no
     tolerance could fail; this score falls by a known amount per round."""
     from yoloprune.darknet.cfg import load_cfg
-    from yoloprune.darknet.graph import count_cfg_macs
+    from yoloprune.darknet.cost import count_cfg_macs
 
     original = count_cfg_macs(load_cfg(NANO_CFG), SIZE)
 
@@ -87,7 +87,7 @@ def test_two_rounds_land_on_the_target_and_record_each_round(inputs, tmp_path, c
 
 
 def test_a_round_below_the_tolerance_ends_the_run_with_the_round_before(inputs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
+    monkeypatch.setattr("yoloprune.pipelines.slim.make_map_evaluator", macs_fraction_scorer)
     out = tmp_path / "slim"
     # round 1 keeps 0.5 of the MACs (score 1 -> 0.5: within 0.6), round 2 keeps 0.25 (a drop of 0.75)
     assert main(slim_args(inputs, out, "--target-flops", "0.25", "--max-map-drop", "0.6")) == 0
@@ -112,7 +112,7 @@ def test_a_round_below_the_tolerance_ends_the_run_with_the_round_before(inputs, 
 
 
 def test_a_round_below_the_map5095_floor_fails_though_its_map50_holds(inputs, tmp_path, monkeypatch):
-    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
+    monkeypatch.setattr("yoloprune.pipelines.slim.make_map_evaluator", macs_fraction_scorer)
     out = tmp_path / "slim"
     # scores (kept, kept/3): original (1, 0.333); round 1 (0.5, 0.167), round 2 (0.25, 0.083). mAP@0.5
     # drops 0.5 then 0.75, both within 0.8; mAP@0.5:0.95 drops 0.167 (within 0.2), then 0.25 (not)
@@ -181,7 +181,7 @@ def test_a_folder_with_other_files_is_refused_untouched(inputs, tmp_path, capsys
 def test_a_map_search_that_removes_almost_nothing_ends_the_run(inputs, tmp_path, capsys, monkeypatch):
     """Without a MACs target, a round prunes as far as `--max-map-drop` allows against its input; a
     tolerance so small that the search keeps over 99 % of the MACs leaves nothing to slim."""
-    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
+    monkeypatch.setattr("yoloprune.pipelines.slim.make_map_evaluator", macs_fraction_scorer)
     monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", macs_fraction_scorer)
     out = tmp_path / "slim"
     capsys.readouterr()
@@ -197,7 +197,7 @@ def test_a_map_search_that_removes_almost_nothing_ends_the_run(inputs, tmp_path,
 def test_map_search_rounds_stop_at_the_first_round_below_the_tolerance(inputs, tmp_path, monkeypatch):
     """Each round's search takes the tolerance from its input model; the check after finetuning
     measures from the original, so the drops add up and round 2 fails (scores: MACs fractions)."""
-    monkeypatch.setattr("yoloprune.prune.slim.make_map_evaluator", macs_fraction_scorer)
+    monkeypatch.setattr("yoloprune.pipelines.slim.make_map_evaluator", macs_fraction_scorer)
     monkeypatch.setattr("yoloprune.prune.run.make_map_evaluator", macs_fraction_scorer)
     out = tmp_path / "slim"
     assert main(slim_args(inputs, out, "--max-map-drop", "0.3", "--auto-steps", "4")) == 0

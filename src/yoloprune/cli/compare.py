@@ -9,7 +9,7 @@ from yoloprune.settings import from_arguments
 
 
 def register(subparsers) -> None:
-    from yoloprune.compare.settings import CompareSettings
+    from yoloprune.pipelines.compare.settings import CompareSettings
 
     add_command(
         subparsers, "compare", CompareSettings, run_compare,
@@ -26,9 +26,11 @@ def register(subparsers) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from yoloprune.compare.run import compare_and_write
-    from yoloprune.compare.settings import CompareSettings
+    from yoloprune.pipelines.compare.report import write_outputs
+    from yoloprune.pipelines.compare.run import compare_pruners
+    from yoloprune.pipelines.compare.settings import CompareSettings
 
-    _, table = compare_and_write(from_arguments(CompareSettings, args))
+    settings = from_arguments(CompareSettings, args)
+    table = write_outputs(compare_pruners(settings), settings.out)
     print(table)
     return 0

@@ -1,4 +1,4 @@
-"""`yoloprune demo`: the whole chain on the embedded synthetic dataset, ending in report.md."""
+"""`yoloprune demo`: `run` on the embedded synthetic dataset, controls included, ending in report.md."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from yoloprune.settings import from_arguments
 
 
 def register(subparsers) -> None:
-    from yoloprune.demo.profiles import DemoSettings
+    from yoloprune.pipelines.demo_settings import DemoSettings
 
     parser = add_command(
         subparsers, "demo", DemoSettings, run_demo_command,
-        help="synthetic data -> baseline -> sparse training -> prune -> finetune -> bench -> figures -> report.md",
-        description="Run the whole network-slimming chain on a generated hand dataset and write OUT/report.md "
-        "with the baseline / pruned / finetuned table, the figures and the command lines that reproduce "
-        "each stage. Re-running reuses the dataset and resumes each training.",
+        help="synthetic data -> baseline -> sparse training -> prune -> recover -> bench -> figures -> report.md",
+        description="Run the whole network-slimming chain (`yoloprune run`, controls included) on a generated hand "
+        "dataset and write OUT/report.md with the delivered model against the baseline, every model's row, the figures "
+        "and the command lines that reproduce each stage; the delivered model is in OUT/delivered/. Re-running reuses "
+        "the dataset and every stage still valid, and resumes each training.",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="profile", const="quick", help="--profile quick")
@@ -24,11 +25,11 @@ def register(subparsers) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from yoloprune.demo.pipeline import run_demo
-    from yoloprune.demo.profiles import DemoSettings
+    from yoloprune.pipelines.demo import run_demo
+    from yoloprune.pipelines.demo_settings import DemoSettings
 
     settings = from_arguments(DemoSettings, args)
-    result = run_demo(settings.out, settings.profile, settings.device, settings.workers, settings.split, settings.model)
+    result = run_demo(settings.out, settings.profile, settings.device, settings.workers, settings.split, settings.model, settings.recover)
     print(result.report_md.read_text())
     print(f"report: {result.report_md}  ({result.seconds / 60:.1f} min)")
     return 0

@@ -9,7 +9,7 @@ from yoloprune.settings import from_arguments
 
 
 def register(subparsers) -> None:
-    from yoloprune.prune.slim_settings import SlimSettings
+    from yoloprune.pipelines.slim_settings import SlimSettings
 
     parser = add_command(
         subparsers, "slim", SlimSettings, run_slim,
@@ -33,8 +33,8 @@ def register(subparsers) -> None:
 
 
 def run_slim(args: argparse.Namespace) -> int:
-    from yoloprune.prune.slim import run_slimming
-    from yoloprune.prune.slim_settings import SlimSettings
+    from yoloprune.pipelines.slim import run_slimming
+    from yoloprune.pipelines.slim_settings import SlimSettings
 
     settings = from_arguments(SlimSettings, args)
     result = run_slimming(args.weights, settings, args.out, cfg=args.cfg)

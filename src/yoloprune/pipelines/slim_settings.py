@@ -1,5 +1,5 @@
 """How to slim a model in rounds (`SlimSettings`): the `slim` command's defaults and checks,
-importable without torch. The runner is `prune.slim.run_slimming`."""
+importable without torch. The runner is `pipelines.slim.run_slimming`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from yoloprune.train.settings import OPTIMIZERS
 @dataclass
 class SlimSettings:
     """Iterative slimming: `rounds` times prune a slice, re-calibrate BN, finetune distilled from the
-    original model, and check the validation mAP; see `prune.slim.run_slimming`."""
+    original model, and check the validation mAP; see `pipelines.slim.run_slimming`."""
 
     data: str | None = option(None, help="dataset .data file: calibration and finetuning read its training images, the checks its validation images")
     rounds: int = option(2, help="prune-and-finetune rounds")

@@ -1,9 +1,9 @@
 """The pruners `compare` sets side by side, each brought to a MACs budget and judged by one rule.
 
-Every pruned model's MACs are counted the same way, from its own conv modules (`count_macs`),
-whatever tool pruned it, and a row is accepted iff |achieved / target - 1| <= tolerance
+Every pruned model's MACs are counted the same way, by darknet's counter on the widths of its own
+conv modules (`count_macs`), whatever tool pruned it, and a row is accepted iff |achieved / target - 1| <= tolerance
 (`within`). yoloprune searches its own budget (`plan_channel_prune(...,
-target_flops=...)`, a bisection over the global |γ| ranking); Torch-Pruning takes a channel ratio,
+MacsTarget(F))`, a bisection over the global |γ| ranking); Torch-Pruning takes a channel ratio,
 so the ratio is searched until the count lands in the window. A pruner that cannot land there is
 reported as missed, with the closest fraction it reached, never kept as if it had.
 """
@@ -17,10 +17,12 @@ from typing import Callable
 
 import torch
 
-from yoloprune.darknet.graph import infer_output_hw
+from yoloprune.darknet.cfg import DarknetCfg
+from yoloprune.darknet.cost import count_cfg_macs
+from yoloprune.darknet.edit import build_pruned_cfg
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
-from yoloprune.prune import plan_channel_prune, plan_layer_prune, prune_model
+from yoloprune.prune import MacsTarget, plan_channel_prune, plan_layer_prune, prune_model
 from yoloprune.settings import STRIDE
 
 
@@ -47,19 +49,23 @@ def within(achieved: float, target: float, tolerance: float) -> bool:
 
 
 def count_macs(model: Darknet, img_size: int) -> int:
-    """Multiply-adds of every conv at `img_size`, as torch's flop counter has them for a forward
-    (`bench.profile.count_forward_macs`; tests hold the two equal), but from each conv module's own
-    shape, so that it holds for a model another tool pruned, and without running one: a real forward
-    of every newly shaped model (one per try of a bisection) first sets up its conv kernels, seconds
-    on a CPU. Output sizes come from the cfg: channel pruning never changes them."""
-    sizes = infer_output_hw(model.cfg, (img_size, img_size))
-    total = 0
-    for idx, layer in enumerate(model.layers):
-        conv = getattr(layer, "conv", None)
-        if isinstance(conv, torch.nn.Conv2d):
-            height, width = sizes[idx]
-            total += height * width * conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
-    return total
+    """Multiply-adds of every conv at `img_size`, by darknet's one counter (`count_cfg_macs`) on the
+    cfg the model's conv modules describe. A model Torch-Pruning pruned keeps the cfg it started
+    from, so the widths are read from its conv modules, not from `model.cfg`; counting from the cfg
+    also avoids a forward of every newly shaped model (one per try of a bisection), which first sets
+    up its conv kernels, seconds on a CPU."""
+    return count_cfg_macs(module_cfg(model), img_size)
+
+
+def module_cfg(model: Darknet) -> DarknetCfg:
+    """`model.cfg` with every conv's `filters` as its module has them; raises when a conv module reads
+    another number of channels than that cfg gives it (a pruning the cfg cannot describe)."""
+    convs = {idx: layer.conv for idx, layer in enumerate(model.layers) if isinstance(getattr(layer, "conv", None), torch.nn.Conv2d)}
+    cfg = build_pruned_cfg(model.cfg, {idx: conv.out_channels for idx, conv in convs.items()})
+    for idx, conv in convs.items():
+        if conv.in_channels != cfg.in_channels(idx):
+            raise YoloPruneError(f"layer {idx}: the conv reads {conv.in_channels} channels, its cfg gives it {cfg.in_channels(idx)}")
+    return cfg
 
 
 class MacsCounter:
@@ -81,7 +87,7 @@ def yoloprune_pruner(mode: str, blocks: int, img_size: int, round_to: int, macs:
     def prune(model: Darknet, target: float) -> Pruned:
         try:
             removed = plan_layer_prune(model, blocks) if blocks else ()
-            plan = plan_channel_prune(model, mode, target_flops=target, img_size=img_size, round_to=round_to, removed_blocks=removed)
+            plan = plan_channel_prune(model, mode, MacsTarget(target), img_size=img_size, round_to=round_to, removed_blocks=removed)
         except YoloPruneError as error:
             return Pruned(None, False, note=str(error))
         pruned = prune_model(model, plan).eval()

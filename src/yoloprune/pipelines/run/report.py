@@ -1,16 +1,24 @@
-"""The demo's report.md: the comparison table, what each stage did, the figures, and the command
-lines that reproduce every stage (those the pipeline recorded as it ran them)."""
+"""A run's report.md: the delivered model against the baseline, the comparison table, what each
+stage did, the figures, the command lines that reproduce every stage (those the pipeline recorded
+as it ran them) and the commands that use the delivered model."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import fmean
 
+import torch
+
+from yoloprune.eval.bootstrap import bootstrap_difference_intervals
+from yoloprune.export.settings import PARITY_TOLERANCE
 from yoloprune.fileio import atomic_write_text
+from yoloprune.pipelines.run.recover import ROW_NAMES, choice_text
+from yoloprune.train.metrics import read_metrics_csv
 
 FIGURE_CAPTIONS = {
     "gamma_quantiles": "Quantiles of |γ| during sparsity training",
@@ -20,9 +28,24 @@ FIGURE_CAPTIONS = {
 }
 
 
-def describe_machine() -> str:
-    import torch
+@dataclass
+class RunRecord:
+    """What the stages of one run produced, for its report."""
 
+    dataset_text: str  # one phrase: which images, how many, at what size
+    prune_report: object  # prune.report.PruneReport
+    sparse_metrics_csv: Path
+    valid_scores: dict = field(default_factory=dict)  # recovery -> recover.ValidScore
+    chosen: str = ""  # the recovery delivered
+    bench: object = None  # bench.benchmark.BenchResult
+    table: str = ""
+    runtimes: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    delivered: object = None  # recover.DeliveredModel
+
+
+def describe_machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -41,21 +64,28 @@ ROW_MEANINGS = {
     "pruned": "the compact model straight out of `yoloprune prune`, no finetuning (removed channels' constant "
     "outputs folded into the next layers)",
     "finetuned": "the pruned model after finetuning, distilled from the baseline",
-    "finetuned int8": "the finetuned model's ONNX export quantized to INT8 (`export --int8`), run in ONNX Runtime",
-    "scratch": "control: the pruned architecture trained from random init for the pipeline's total epochs",
+    "scratch": "the pruned architecture trained from random init with the baseline's recipe for the pipeline's total epochs",
 }
 
 # (row, reference, what the difference asks)
 QUESTIONS = (
-    ("finetuned", "baseline", "does the compact model detect as well as the detector it came from?"),
+    ("finetuned", "baseline", "does the finetuned model detect as well as the detector it came from?"),
+    ("scratch", "baseline", "does the pruned architecture trained from scratch detect as well as the baseline?"),
     ("finetuned", "baseline-equal-epochs", "... as well as that detector given the same training epochs?"),
     ("finetuned", "scratch", "is pruning worth more than training the small architecture from scratch?"),
     ("finetuned int8", "finetuned", "does INT8 keep the finetuned model's accuracy?"),
+    ("scratch int8", "scratch", "does INT8 keep the scratch model's accuracy?"),
     ("pruned", "sparse", "does the pruning search keep its promise on images it never saw?"),
 )
 
 
-def _comparison(p, bench, table: str) -> list[str]:
+def _row_meaning(name: str) -> str:
+    if name.endswith(" int8"):
+        return f"the {name[:-5]} model's ONNX export quantized to INT8 (`export --int8`), run in ONNX Runtime"
+    return ROW_MEANINGS[name]
+
+
+def _comparison(bench, table: str) -> list[str]:
     by_name = {m.name: m for m in bench.models}
     base = by_name["baseline"]
     lines = [
@@ -64,10 +94,10 @@ def _comparison(p, bench, table: str) -> list[str]:
         table,
         "Ratios in brackets are to the baseline.",
         "",
-        *(f"- *{name}*: {meaning}." for name, meaning in ROW_MEANINGS.items() if name in by_name),
+        *(f"- *{name}*: {_row_meaning(name)}." for name in by_name),
         "",
     ]
-    compared = [name for name in ("pruned", "finetuned", "finetuned int8") if name in by_name]
+    compared = [name for name in by_name if name not in ("baseline", "baseline-equal-epochs", "sparse")]
     lines += ["| | " + " | ".join(f"{name} / baseline" for name in compared) + " |", "|---" * (len(compared) + 1) + "|"]
     for label, key in (("params", "params"), ("MACs", "gmacs"), ("latency (PyTorch)", "latency_ms_torch"), ("latency (ONNX Runtime)", "latency_ms_ort")):
         ratios = [getattr(by_name[name], key) for name in compared]
@@ -94,10 +124,35 @@ def _comparison(p, bench, table: str) -> list[str]:
     return lines
 
 
+def _delivered(record: RunRecord, recover: str) -> list[str]:
+    """The lead: the delivered model against the baseline, on the reported split, and where it is."""
+    by_name = {m.name: m for m in record.bench.models}
+    row = ROW_NAMES[record.chosen]
+    base, model = by_name["baseline"], by_name[row]  # bench's intervals of each row's difference are to the baseline
+    paths = record.delivered
+    lines = [
+        "## The delivered model",
+        "",
+        f"`{paths.folder}`: the *{row}* model as `{paths.cfg.name}` + `{paths.weights.name}` (darknet, OpenCV DNN), "
+        f"`{paths.pt.name}` and `{paths.onnx.name}` (ONNX Runtime's boxes checked against PyTorch's within {PARITY_TOLERANCE:g}). "
+        f"Measured on the {record.bench.split} split ({record.bench.images} images); changes with their 95 % paired bootstrap interval.",
+        "",
+        f"| | baseline | delivered ({row}) | delivered vs baseline |",
+        "|---|---|---|---|",
+        f"| MACs | {base.gmacs:.4f} G | {model.gmacs:.4f} G | {model.gmacs / base.gmacs:.3f}x |",
+        f"| params | {base.params:,} | {model.params:,} | {model.params / base.params:.3f}x |",
+        f"| latency (ONNX Runtime) | {base.latency_ms_ort:.2f} ms | {model.latency_ms_ort:.2f} ms | {model.latency_ms_ort / base.latency_ms_ort:.3f}x |",
+        f"| mAP@0.5 | {base.map50:.4f} | {model.map50:.4f} | {_change_text(model.map50 - base.map50, model.map50_delta_ci)} |",
+        f"| mAP@0.5:0.95 | {base.map:.4f} | {model.map:.4f} | {_change_text(model.map - base.map, model.map_delta_ci)} |",
+        "",
+        choice_text(recover, record.chosen, record.valid_scores),
+        "",
+    ]
+    return lines
+
+
 def paired_change(model, reference) -> dict:
     """The paired bootstrap intervals of `model − reference` (empty when either has no matches)."""
-    from yoloprune.eval.bootstrap import bootstrap_difference_intervals
-
     if model.matches is None or reference.matches is None:
         return {}
     return bootstrap_difference_intervals(model.matches, reference.matches)
@@ -132,9 +187,12 @@ def _runtimes(scores: dict[str, float], split: str) -> list[str]:
 
 
 def _model_description(cfg_path: Path) -> str:
-    """What the builder's header line says of the demo model, e.g. "YOLOv3 topology, width x0.25"."""
-    header = cfg_path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
-    return re.split(r", \d+ class", header)[0]
+    """What the cfg's first comment line says of the model (the builder writes e.g. "YOLOv3 topology,
+    width x0.25, 1 class"), up to its class count; else the cfg's file name."""
+    first = cfg_path.read_text(encoding="utf-8").splitlines()[0]
+    if not first.startswith("#"):
+        return cfg_path.name
+    return re.split(r", \d+ class", first.lstrip("# "))[0]
 
 
 def _calibration_text(prune_report) -> str:
@@ -172,8 +230,6 @@ def plateau_gain(rows: list[dict], epochs: int) -> tuple[float, int, int] | None
 
 
 def _plateau_text(metrics_csv: Path, epochs: int) -> str:
-    from yoloprune.train.metrics import read_metrics_csv
-
     found = plateau_gain(read_metrics_csv(metrics_csv), epochs) if metrics_csv.is_file() else None
     if found is None:
         return ""
@@ -183,17 +239,43 @@ def _plateau_text(metrics_csv: Path, epochs: int) -> str:
             f"evaluations each): {state}")
 
 
-def _what_was_done(run, p, out_dir: Path, prune_report, small_gamma_share: float, split: str) -> list[str]:
+def _baseline_text(run, out_dir: Path) -> str:
+    p, cfg = run.profile, out_dir / "model.cfg"
+    if run.given_weights:
+        return f"- Model: {_model_description(cfg)} (`{cfg}`); the baseline is the weights given to the run (not trained here)."
+    return (
+        f"- Model: {_model_description(cfg)} (`{cfg}`)" + _anchor_text(run.anchor_fit) + ", trained from scratch for "
+        f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine"
+        + ("" if p.ema_decay is None else f", weights averaged (EMA, decay {p.ema_decay:g}) for evaluation and the saved model") + ")"
+        + _plateau_text(out_dir / "baseline" / "metrics.csv", p.baseline_epochs) + "."
+    )
+
+
+def _recovery_text(run, out_dir: Path) -> list[str]:
+    p, lines = run.profile, []
+    if run.recover in ("finetune", "both"):
+        lines.append(f"- Finetuning: {p.finetune_epochs} epochs at lr {p.lr * p.finetune_lr_ratio:g}, distilled from the baseline.")
+    scratch = (f"*scratch* trains `{out_dir / 'prune' / 'pruned.cfg'}` from random init for {p.total_epochs} epochs with the "
+               "baseline's recipe")
+    if run.recover in ("scratch", "both"):
+        lines.append(f"- From scratch: {scratch}" + (" (also the control of that name)." if run.controls else "."))
+    if run.controls:
+        lines.append(
+            f"- Controls: *baseline-equal-epochs* continues the baseline for {p.sparse_epochs + p.finetune_epochs} epochs with the "
+            "sparsity stage's recipe and no penalty" + ("." if run.recover != "finetune" else f"; {scratch}.")
+        )
+    return lines
+
+
+def _what_was_done(run, out_dir: Path, record: RunRecord, small_gamma_share: float) -> list[str]:
+    p, prune_report = run.profile, record.prune_report
     threshold = prune_report.threshold if prune_report.threshold is not None else float("nan")
     return [
         "## What was done",
         "",
-        f"- Dataset: synthetic hands, {p.train_images} train / {p.val_images} valid / {p.test_images} test images at {p.img_size} px "
-        f"(`yoloprune data synth`); best.pt and the pruning search read the valid images, every reported mAP the {split} images.",
-        f"- Model: {_model_description(out_dir / 'model.cfg')} (`{out_dir / 'model.cfg'}`)" + _anchor_text(run.anchor_fit) + ", trained from scratch for "
-        f"{p.baseline_epochs} epochs ({p.optimizer}, lr {p.lr:g}, warmup + cosine"
-        + ("" if p.ema_decay is None else f", weights averaged (EMA, decay {p.ema_decay:g}) for evaluation and the saved model") + ")"
-        + _plateau_text(out_dir / "baseline" / "metrics.csv", p.baseline_epochs) + ".",
+        f"- Dataset: {record.dataset_text}; best.pt, the pruning search and the choice of recovery read the valid images, "
+        f"every reported mAP the {record.bench.split} images.",
+        _baseline_text(run, out_dir),
         f"- Sparsity training: {p.sparse_epochs} epochs from the baseline with s = {p.sparsity:g} on every BN γ"
         + (f", s / 100 after {p.sparsity_decay:.0%} of the epochs" if p.sparsity_decay else "")
         + (f", γ learning rate x{p.gamma_lr_scale:g}" if p.gamma_lr_scale != 1 else "")
@@ -206,10 +288,7 @@ def _what_was_done(run, p, out_dir: Path, prune_report, small_gamma_share: float
         f"(bisection, {p.auto_steps} evaluations); threshold |γ| = {threshold:.4g}, "
         f"{len(prune_report.removed_blocks)} residual block(s) removed, kept channels rounded up to multiples of {p.round_to}, "
         + _calibration_text(prune_report),
-        f"- Finetuning: {p.finetune_epochs} epochs at lr {p.lr * p.finetune_lr_ratio:g}, distilled from the baseline.",
-        f"- Controls: *baseline-equal-epochs* continues the baseline for {p.sparse_epochs + p.finetune_epochs} epochs with the "
-        f"sparsity stage's recipe and no penalty; *scratch* trains `{out_dir / 'prune' / 'pruned.cfg'}` from random init for "
-        f"{p.baseline_epochs + p.sparse_epochs + p.finetune_epochs} epochs with the baseline's recipe.",
+        *_recovery_text(run, out_dir),
         "",
     ]
 
@@ -226,7 +305,7 @@ def _reproduce(commands: list[str], out_dir: Path) -> list[str]:
     return [
         "## Reproduce stage by stage",
         "",
-        f"The commands that ran each stage, in order (`{out_dir / 'model.cfg'}` is the model the demo writes first).",
+        f"The commands that ran each stage, in order (`{out_dir / 'model.cfg'}` is the model the run writes first).",
         "",
         "```bash",
         *commands,
@@ -235,27 +314,42 @@ def _reproduce(commands: list[str], out_dir: Path) -> list[str]:
     ]
 
 
-def write_report(
-    run, bench, table: str, prune_report, sparse_metrics_csv: Path, figures: dict[str, Path], runtimes: dict[str, float], seconds: float,
-) -> Path:
-    """Write `run.out/report.md` for a finished `DemoPipeline` run and return its path."""
-    from yoloprune.train.metrics import read_metrics_csv
+def _use(record: RunRecord, data: str, img_size: int, out_dir: Path) -> list[str]:
+    """The commands that score and run the delivered model."""
+    model = record.delivered.pt
+    return [
+        "## Use the delivered model",
+        "",
+        "```bash",
+        f"yoloprune eval --weights {model} --data {data} --split {record.bench.split} --img-size {img_size}",
+        f"yoloprune detect --weights {model} --source IMAGES --out {out_dir / 'detections'} --img-size {img_size}",
+        "```",
+        "",
+        f"`IMAGES`: an image or a folder of images. `{record.delivered.cfg.name}` + `{record.delivered.weights.name}` load in darknet "
+        f"and OpenCV DNN, `{record.delivered.onnx.name}` in ONNX Runtime.",
+        "",
+    ]
 
+
+def write_report(run, record: RunRecord, data: str) -> Path:
+    """Write `run.out/report.md` for a finished run (`pipeline.RunPipeline`) and return its path."""
     p, out_dir = run.profile, run.out
-    rows = [row for row in read_metrics_csv(sparse_metrics_csv) if row.get("gamma_frac_small") is not None]
+    rows = [row for row in read_metrics_csv(record.sparse_metrics_csv) if row.get("gamma_frac_small") is not None]
     small = rows[-1]["gamma_frac_small"] if rows else float("nan")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     stages = ", ".join(f"{name} {value / 60:.1f}" for name, value in run.stage_seconds.items())
     lines = [
-        "# yoloprune demo report",
+        "# yoloprune run report",
         "",
-        f"Run {when} on {describe_machine()}; profile `{p.name}`; wall time {seconds / 60:.1f} min ({stages} min).",
+        f"Run {when} on {describe_machine()}; profile `{p.name}`; wall time {record.seconds / 60:.1f} min ({stages} min).",
         "",
-        *_comparison(p, bench, table),
-        *_runtimes(runtimes, bench.split),
-        *_what_was_done(run, p, out_dir, prune_report, small, bench.split),
-        *_figures(figures, out_dir),
+        *_delivered(record, run.recover),
+        *_comparison(record.bench, record.table),
+        *_runtimes(record.runtimes, record.bench.split),
+        *_what_was_done(run, out_dir, record, small),
+        *_figures(record.figures, out_dir),
         *_reproduce(run.commands, out_dir),
+        *_use(record, data, p.img_size, out_dir),
     ]
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))

@@ -1,10 +1,10 @@
-"""The demo report's plateau rule on hand-written validation curves."""
+"""The run report's plateau rule on hand-written validation curves."""
 
 from __future__ import annotations
 
 import pytest
 
-from yoloprune.demo.report import PLATEAU_GAIN, plateau_gain
+from yoloprune.pipelines.run.report import PLATEAU_GAIN, plateau_gain
 
 
 def _rows(values_by_epoch: dict[int, float], epochs: int) -> list[dict]:

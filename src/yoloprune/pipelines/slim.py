@@ -19,11 +19,8 @@ mAP@0.5 stays within D of the original model's (and its mAP@0.5:0.95 within `max
 given); the first round that fails ends the loop and the result is the round before it.
 
 `sparsity=s` keeps the L1 penalty on BN γ in the finetuning of every round but the last: finetuned
-without it, the γ the previous cut left small grow back, and the next round ranks a denser model.
-Measured on the default demo's converged detector after 20 sparsity epochs, 2 rounds of 5 epochs
-to 0.20x MACs: test mAP@0.5 0.5947 with s = 0.004, 0.5672 without (paired difference -0.0275,
-measurable); on a less sparse model (the 128 px demo's), round 2's cut without it took validation
-mAP@0.5 from 0.649 to 0.394 before finetuning, where round 1's had lost nothing.
+without it, the γ the previous cut left small grow back, and the next round ranks a denser model
+(docs/slimming.md measures both).
 
 Output folder (`out_dir`): roundN/prune/ (as `prune` writes it), roundN/finetune/ (as `train`
 writes it), slim.json (per round: MACs and params ratios to the original, validation mAPs after
@@ -44,17 +41,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from yoloprune.darknet.cfg import save_cfg
-from yoloprune.darknet.graph import count_cfg_macs, count_cfg_params
+from yoloprune.darknet.cost import count_cfg_macs, count_cfg_params
 from yoloprune.darknet.model import Darknet
 from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
 from yoloprune.errors import YoloPruneError
 from yoloprune.fileio import atomic_directory, atomic_write_text, check_replaceable_folder
+from yoloprune.pipelines.slim_settings import SlimSettings
 from yoloprune.prune.auto import MapFloors, MapScores, as_map_scores
 from yoloprune.prune.run import make_map_evaluator, run_pruning
 from yoloprune.prune.settings import PruneSettings
-from yoloprune.prune.slim_settings import SlimSettings
 from yoloprune.settings import resolve_device
 from yoloprune.train.settings import TrainSettings
+from yoloprune.train.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +170,6 @@ class _Slimmer:
     def run_round(self, index: int, model: Darknet, source: str) -> tuple[SlimRound, Darknet | None]:
         """Prune `model` (read from `source`), then finetune unless the round found nothing to remove;
         the round's record and its finetuned model (None when not finetuned)."""
-        from yoloprune.train.trainer import train
-
         s, start = self.settings, time.perf_counter()
         target = s.round_target(index)
         macs_in = count_cfg_macs(model.cfg, self.img_size)

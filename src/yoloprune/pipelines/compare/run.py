@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from yoloprune.bench.profile import time_interleaved, torch_runner
-from yoloprune.compare.pruners import (
+from yoloprune.bench.profile import time_interleaved, torch_runner, torch_threads
+from yoloprune.darknet.model import Darknet, count_parameters
+from yoloprune.darknet.weights import load_model
+from yoloprune.data.dataset import image_loader
+from yoloprune.eval.settings import EvalSettings
+from yoloprune.eval.validator import Validator
+from yoloprune.pipelines.compare.pruners import (
     TP_IMPORTANCES,
     MacsCounter,
     Pruner,
@@ -26,11 +31,7 @@ from yoloprune.compare.pruners import (
     torch_pruning_version,
     yoloprune_pruner,
 )
-from yoloprune.compare.settings import CompareSettings
-from yoloprune.darknet.model import Darknet, count_parameters
-from yoloprune.darknet.weights import load_model
-from yoloprune.eval.settings import EvalSettings
-from yoloprune.eval.validator import Validator, image_loader
+from yoloprune.pipelines.compare.settings import CompareSettings
 from yoloprune.prune.calibrate import recalibrate_batchnorm
 from yoloprune.settings import resolve_device
 
@@ -94,8 +95,6 @@ def _calibration_batches(validator: Validator, settings: CompareSettings, img_si
 
 def compare_pruners(settings: CompareSettings) -> CompareResult:
     """Every pruner at every budget of `settings`, scored without and with BN re-calibration."""
-    from yoloprune.bench.profile import torch_threads
-
     with torch_threads(settings.threads):
         return _compare(settings)
 
@@ -170,11 +169,3 @@ def _add_latency(rows: list[CompareRow], img_size: int, runs: int, device) -> No
         row.latency_ms = values[len(values) // 2]
     for row in timed:
         row.latency_ratio = row.latency_ms / timed[0].latency_ms
-
-
-def compare_and_write(settings: CompareSettings) -> tuple[CompareResult, str]:
-    """Run the comparison and write OUT.md, OUT.json and OUT.png; returns the result and the table."""
-    from yoloprune.compare.report import write_outputs
-
-    result = compare_pruners(settings)
-    return result, write_outputs(result, settings.out)

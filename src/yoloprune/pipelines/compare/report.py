@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from yoloprune import __version__
-from yoloprune.compare.run import UNPRUNED, CompareResult, CompareRow
 from yoloprune.eval.bootstrap import format_with_interval
 from yoloprune.fileio import atomic_write_text
+from yoloprune.pipelines.compare.run import UNPRUNED, CompareResult, CompareRow
 from yoloprune.settings import to_arguments
 from yoloprune.viz.figure import pyplot, save_png
 

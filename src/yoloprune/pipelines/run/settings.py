@@ -1,0 +1,46 @@
+"""What `run` runs on and how (`RunSettings`); importable without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yoloprune.pipelines.run.profiles import PROFILE_HELP, PROFILES
+from yoloprune.settings import check_img_size, is_whole, option, require
+
+# finetune: the pruned model trained on, distilled from the baseline; scratch: the pruned cfg trained
+# from random init with the baseline's recipe; both: the one of the two with the better validation score.
+RECOVERIES = ("finetune", "scratch", "both")
+RECOVER_HELP = (
+    "how the pruned model recovers: finetune (distilled from the baseline), scratch (the baseline's recipe on the pruned cfg "
+    "from random init), or both, delivering the one with the higher validation mAP@0.5:0.95 (ties within 0.002: mAP@0.5)"
+)
+
+
+@dataclass
+class RunSettings:
+    """The whole chain on one dataset and darknet cfg: baseline (or `weights`), sparsity training,
+    pruning to the profile's mAP tolerance, recovery, bench, report; see `pipelines.run.pipeline`."""
+
+    data: str = option(help="dataset .data file (train, valid and test lists)")
+    cfg: str = option(help="darknet .cfg of the model to prune (its classes are set to the .data's when training from scratch)")
+    out: str = option(help="output folder: one folder per stage, OUT/delivered/ (the model to use) and OUT/report.md")
+    weights: str | None = option(
+        None, help="trained weights (.weights or .pt) of --cfg: the baseline, which is then not trained; must predict the .data's classes",
+    )
+    profile: str = option("default", choices=tuple(PROFILES), help=PROFILE_HELP)
+    img_size: int | None = option(None, help="input size of every stage, a multiple of 32", default_text="the profile's")
+    recover: str = option("both", choices=RECOVERIES, help=RECOVER_HELP)
+    controls: bool = option(
+        False, help="also train the controls: the baseline trained on for the sparse + finetune epochs without the penalty, "
+        "and (unless a recovery trains it) the pruned cfg from scratch",
+    )
+    device: str = option("cpu", help="cpu, cuda, cuda:N")
+    workers: int = option(0, help="data loader worker processes")
+    split: str = option("test", choices=("valid", "test"), help="the split every reported mAP reads (what chooses reads valid)")
+
+    def __post_init__(self) -> None:
+        require(self.profile in PROFILES, "profile", " or ".join(PROFILES), self.profile)
+        require(self.recover in RECOVERIES, "recover", " or ".join(RECOVERIES), self.recover)
+        require(self.split in ("valid", "test"), "split", "valid or test", self.split)
+        require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)
+        check_img_size(self.img_size)
