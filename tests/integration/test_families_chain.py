@@ -21,7 +21,7 @@ import torch
 from helpers import FIXTURES, OPENCV_BN_EPS, heads, opencv_head_outputs
 from yoloprune.cli import main
 from yoloprune.darknet.cfg import load_cfg
-from yoloprune.darknet.graph import residual_blocks
+from yoloprune.darknet.residual import residual_blocks
 from yoloprune.darknet.weights import load_model
 from yoloprune.prune.channel import BUDGET_TOLERANCE
 

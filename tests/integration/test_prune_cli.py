@@ -9,7 +9,7 @@ import torch
 from helpers import CONFIGS, FIXTURES, heads, max_diff, opencv_head_outputs, sparse_nano
 from yoloprune.cli import main
 from yoloprune.darknet.cfg import load_cfg
-from yoloprune.darknet.graph import count_cfg_macs
+from yoloprune.darknet.cost import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.darknet.weights import load_model, save_checkpoint, save_darknet_weights
 from yoloprune.prune.run import make_map_evaluator
@@ -79,7 +79,8 @@ def test_plan_only_writes_just_the_plan(tmp_path):
         (["--ratio", "0.5", "--img-size", "100"], "--img-size: must be a positive multiple of 32, got 100"),
         (["--ratio", "0.5", "--layers", "auto"], "--layers: must be a count unless --max-map-drop is given"),
         (["--ratio", "0.5", "--threshold", "0.1"], "--threshold: give one of --ratio, --threshold"),
-        (["--target-latency", "0.5", "--refine", "-1"], "--refine: must be a whole number >= 0, got -1"),
+        (["--target-latency", "0.5", "--latency-steps", "0"], "--latency-steps: must be a whole number >= 1, got 0"),
+        (["--ratio", "0.5", "--latency-steps", "2"], "--latency-steps: must be given with --target-latency"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
@@ -176,10 +177,13 @@ def test_an_interrupted_prune_leaves_the_previous_output_folder_untouched(tmp_pa
     assert main([*args, "--ratio", "0.3"]) == 0
     previous, entries = folder_bytes(out), sorted(p.name for p in tmp_path.iterdir())
 
-    def interrupt(*args, **kwargs):  # Ctrl-C while the last file is written, the others being done
+    from yoloprune.prune.report import write_prune_outputs
+
+    def interrupt(*args, **kwargs):  # Ctrl-C once every file is written, before the new folder takes the old one's place
+        write_prune_outputs(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("yoloprune.prune.run.plot_channels", interrupt)
+    monkeypatch.setattr("yoloprune.prune.run.write_prune_outputs", interrupt)
     assert main([*args, "--ratio", "0.6"]) == 130
     assert folder_bytes(out) == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == entries  # no staging folder left behind

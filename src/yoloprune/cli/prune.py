@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         subparsers, "prune", PruneSettings, run_prune,
         help="remove low-|γ| channels and residual blocks; write pruned.cfg/.weights/.pt, plan.json, report.json",
         description="Network slimming: rank BN channels by |γ|, remove those under a global threshold (or "
-        "as many as a FLOPs/params budget allows), optionally remove whole residual blocks, fold each "
+        "as many as a FLOPs/params budget or a measured latency target allows), optionally remove whole residual blocks, fold each "
         "removed channel's constant output into the layers that read it, and write the compact model as "
         "a darknet cfg + weights (plus a .pt checkpoint), with the plan in OUT/plan.json. "
         "Everything is written into a hidden folder beside OUT that replaces OUT only once complete, so "
@@ -35,10 +35,13 @@ def run_prune(args: argparse.Namespace) -> int:
     from yoloprune.prune.run import run_pruning
     from yoloprune.prune.settings import PruneSettings
     from yoloprune.settings import resolve_device
+    from yoloprune.viz.channels import plot_channels
 
     settings = from_arguments(PruneSettings, args)
     model = load_model(args.cfg, args.weights, resolve_device(settings.device)).eval()
     outcome = run_pruning(model, settings, args.out, source=str(args.weights))
+    if outcome.report is not None:
+        outcome.paths["channels.png"] = plot_channels(outcome.report, outcome.paths["report.json"].with_name("channels.png"))
     print(outcome.plan.summary())
     if outcome.report is None:
         print(f"plan: {outcome.paths['plan.json']}")
@@ -55,13 +58,12 @@ def run_prune(args: argparse.Namespace) -> int:
     if report.latency is not None:
         lat = report.latency
         print(
-            f"latency ({lat['runtime']}, {lat['threads']} threads): predicted x{lat['predicted_ratio']:.3f} "
-            f"({lat['predicted_ms_before']:.2f} -> {lat['predicted_ms_after']:.2f} ms), measured x{lat['measured_ratio']:.3f} "
+            f"latency ({lat['runtime']}, {lat['threads']} threads): measured x{lat['measured_ratio']:.3f} "
             f"({lat['measured_ms_before']:.2f} -> {lat['measured_ms_after']:.2f} ms, {lat['runs']} interleaved runs each)"
         )
-        if lat.get("attempts"):
-            steps = "; ".join(f"planned x{a['budget']:.3f} on the table, measured x{a['measured_ratio']:.3f}" for a in lat["attempts"])
-            print(f"latency plans (--refine): {steps}")
+        steps = "; ".join(f"MACs x{a['macs_ratio']:.3f}: x{a['measured_ratio']:.3f}" for a in report.settings.get("latency_attempts", []))
+        if steps:
+            print(f"latency search (--latency-steps): {steps}")
     if report.folding is not None:
         print(
             f"folding, valid mAP@0.5: removed channels' γ set to 0 {report.folding['map50_zeroed_gamma']:.4f}, "

@@ -1,8 +1,8 @@
 """Network slimming: plan (channel.py, layer.py, auto.py; ranked by an importance from
-importance.py) → apply with β folding (apply.py) → report (report.py).
+importance.py, cut by a budget from budget.py) → apply with β folding (apply.py) → report (report.py).
 
-    from yoloprune.prune import build_prune_report, plan_channel_prune, plan_layer_prune, prune_model
-    plan = plan_channel_prune(model, "full", target_flops=0.25, removed_blocks=plan_layer_prune(model, 4))
+    from yoloprune.prune import MacsTarget, build_prune_report, plan_channel_prune, plan_layer_prune, prune_model
+    plan = plan_channel_prune(model, "full", MacsTarget(0.25), removed_blocks=plan_layer_prune(model, 4))
     pruned = prune_model(model, plan)
     report = build_prune_report(model, pruned, plan)
 
@@ -22,6 +22,11 @@ _EXPORTS = {
     "mask_model": "yoloprune.prune.apply",
     "prune_model": "yoloprune.prune.apply",
     "search_max_pruning": "yoloprune.prune.auto",
+    "LatencyTarget": "yoloprune.prune.budget",
+    "MacsTarget": "yoloprune.prune.budget",
+    "ParamsTarget": "yoloprune.prune.budget",
+    "Ratio": "yoloprune.prune.budget",
+    "Threshold": "yoloprune.prune.budget",
     "recalibrate_batchnorm": "yoloprune.prune.calibrate",
     "plan_channel_prune": "yoloprune.prune.channel",
     "bn_scale": "yoloprune.prune.importance",

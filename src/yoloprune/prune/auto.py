@@ -30,10 +30,11 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable, NamedTuple
 
-from yoloprune.darknet.graph import ResidualBlock, residual_blocks
+from yoloprune.darknet.residual import ResidualBlock, residual_blocks
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import YoloPruneError
-from yoloprune.prune.channel import plan_channel_prune
+from yoloprune.prune.budget import Budget, Ratio
+from yoloprune.prune.channel import ChannelCut, plan_channel_prune
 from yoloprune.prune.importance import Importance, bn_scale
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
@@ -162,7 +163,7 @@ class _Trials:
         self.trials: list[AutoTrial] = []
 
     def plan(self, ratio: float, blocks: list[ResidualBlock]) -> PrunePlan:
-        plan = plan_channel_prune(self.model, ratio=ratio, removed_blocks=blocks, **self.plan_options)
+        plan = plan_channel_prune(self.model, budget=Ratio(ratio), removed_blocks=blocks, **self.plan_options)
         plan.settings.update(**self.tolerances, auto=True)
         return plan
 
@@ -190,23 +191,11 @@ class _Trials:
 
 
 def search_max_pruning(
-    model: Darknet,
-    evaluate: Callable[[Darknet], object],
-    max_map_drop: float,
-    mode: str = "full",
-    *,
-    apply: Callable[[Darknet, PrunePlan], Darknet],
-    min_keep: float = 1,
-    round_to: int = 1,
-    img_size: int | None = None,
-    removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (),
-    steps: int = 7,
-    recalibrate: Callable[[Darknet], object] | None = None,
-    search_blocks: bool = False,
-    importance: Importance = bn_scale,
-    max_map5095_drop: float | None = None,
-    latency=None,
-    target_latency: float | None = None,
+    model: Darknet, evaluate: Callable[[Darknet], object], max_map_drop: float, mode: str = "full", *,
+    apply: Callable[[Darknet, PrunePlan], Darknet], min_keep: float = 1, round_to: int = 1, img_size: int | None = None,
+    removed_blocks: list[ResidualBlock] | tuple[ResidualBlock, ...] = (), steps: int = 7,
+    recalibrate: Callable[[Darknet], object] | None = None, search_blocks: bool = False, importance: Importance = bn_scale,
+    max_map5095_drop: float | None = None, limit: Budget | None = None,
 ) -> AutoPruneResult:
     """Bisection (`steps` trials after the baseline) for the largest removed fraction of candidate
     channels whose pruned model keeps mAP@0.5 >= baseline - max_map_drop and, with `max_map5095_drop`,
@@ -217,16 +206,10 @@ def search_max_pruning(
     `recalibrate(pruned)`, when given, runs on it before it is evaluated, unless re-calibrating the
     unpruned model already lowers its score: then the search runs without it (`result.recalibrated`).
     `search_blocks=True` first chooses the residual blocks to remove (instead of `removed_blocks`).
-    `latency` (a latency table) ranks the channels by importance per predicted ms saved
-    (`prune.channel`); `target_latency` then bounds the search by the plan that keeps that fraction
-    of the predicted latency: the result is that plan, or a lighter one if the mAP asks for it."""
-    if max_map_drop < 0:
-        raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
-    if max_map5095_drop is not None and max_map5095_drop < 0:
-        raise ValueError(f"max_map5095_drop must be >= 0, got {max_map5095_drop}")
-    if search_blocks and removed_blocks:
-        raise ValueError("give removed_blocks or search_blocks=True, not both")
-    plan_options = dict(mode=mode, min_keep=min_keep, round_to=round_to, img_size=img_size, importance=importance, latency=latency)
+    `limit` (a `prune.budget` budget, e.g. a `LatencyTarget`) bounds the search by the channels it
+    removes with the chosen blocks: the result is that plan, or a lighter one if the mAP asks for it."""
+    _check_search(max_map_drop, max_map5095_drop, search_blocks, removed_blocks)
+    plan_options = dict(mode=mode, min_keep=min_keep, round_to=round_to, img_size=img_size, importance=importance)
     tolerances = {"max_map_drop": max_map_drop} | ({} if max_map5095_drop is None else {"max_map5095_drop": max_map5095_drop})
     trials = _Trials(model, evaluate, apply, recalibrate, tolerances, plan_options)
     baseline = as_map_scores(evaluate(model))
@@ -236,19 +219,7 @@ def search_max_pruning(
     log.info("auto prune: baseline mAP@0.5 %.4f%s, accepting mAP@0.5 >= %.4f%s", baseline.map50,
              "" if baseline.map is None else f"  mAP@0.5:0.95 {baseline.map:.4f}", floors.map50,
              "" if floors.map is None else f" and mAP@0.5:0.95 >= {floors.map:.4f}")
-    recalibrated_baseline = None
-    if recalibrate is not None:
-        # Re-calibration is a choice, so the validation split makes it: where it costs the unpruned
-        # model mAP (BN statistics from un-augmented training images can fit worse than the trained
-        # ones), every trial would pay that cost before removing a single channel. With two
-        # tolerances, a cost in either metric counts.
-        unpruned = apply(model, trials.plan(0.0, []))
-        recalibrate(unpruned)
-        recalibrated_baseline = as_map_scores(evaluate(unpruned))
-        if MapFloors(baseline.map50, baseline.map if floors.map is not None else None).failed(recalibrated_baseline):
-            log.info("auto prune: BN re-calibration lowers the unpruned model's scores (%s -> %s): searching without it",
-                     _format(baseline), _format(recalibrated_baseline))
-            trials.recalibrate = None
+    recalibrated_baseline = None if recalibrate is None else _recalibration_check(trials, baseline, floors)
     # The starting plan: no channels, and no blocks unless a fixed count was given. Without blocks it
     # is the unpruned model, whose score is the baseline itself (no evaluation needed).
     best_plan, best_scores = trials.plan(0.0, list(removed_blocks)), baseline
@@ -261,13 +232,39 @@ def search_max_pruning(
         if not trial.accepted:
             # every channel trial removes these blocks and more: none can do better, so stop here
             raise MapToleranceError(baseline, floors, max(trials.trials, key=lambda t: floors.margin(t.scores)))
-    best_plan, best_scores = _search_channel_ratio(trials, floors, steps, best_plan, best_scores, target_latency)
+    best_plan, best_scores = _search_channel_ratio(trials, floors, steps, best_plan, best_scores, limit)
     assert not floors.failed(best_scores), f"auto prune returned {best_scores} under the floors {floors}"
     return AutoPruneResult(
         best_plan, baseline.map50, best_scores.map50, trials.trials, trials.recalibrate is not None,
         None if recalibrated_baseline is None else recalibrated_baseline.map50,
         baseline.map, best_scores.map, None if recalibrated_baseline is None else recalibrated_baseline.map,
     )
+
+
+def _check_search(max_map_drop: float, max_map5095_drop: float | None, search_blocks: bool, removed_blocks) -> None:
+    if max_map_drop < 0:
+        raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
+    if max_map5095_drop is not None and max_map5095_drop < 0:
+        raise ValueError(f"max_map5095_drop must be >= 0, got {max_map5095_drop}")
+    if search_blocks and removed_blocks:
+        raise ValueError("give removed_blocks or search_blocks=True, not both")
+
+
+def _recalibration_check(trials: _Trials, baseline: MapScores, floors: MapFloors) -> MapScores:
+    """The unpruned model's scores after BN re-calibration; where they are lower, the search runs without it.
+
+    Re-calibration is a choice, so the validation split makes it: where it costs the unpruned model
+    mAP (BN statistics from un-augmented training images can fit worse than the trained ones), every
+    trial would pay that cost before removing a single channel. With two tolerances, a cost in either
+    metric counts."""
+    unpruned = trials.apply(trials.model, trials.plan(0.0, []))
+    trials.recalibrate(unpruned)
+    recalibrated = as_map_scores(trials.evaluate(unpruned))
+    if MapFloors(baseline.map50, baseline.map if floors.map is not None else None).failed(recalibrated):
+        log.info("auto prune: BN re-calibration lowers the unpruned model's scores (%s -> %s): searching without it",
+                 _format(baseline), _format(recalibrated))
+        trials.recalibrate = None
+    return recalibrated
 
 
 def _format(scores: MapScores) -> str:
@@ -289,15 +286,16 @@ def _search_block_count(trials: _Trials, floors: MapFloors, best_plan: PrunePlan
 
 
 def _search_channel_ratio(
-    trials: _Trials, floors: MapFloors, steps: int, best_plan: PrunePlan, best_scores: MapScores, target_latency: float | None = None,
+    trials: _Trials, floors: MapFloors, steps: int, best_plan: PrunePlan, best_scores: MapScores, limit: Budget | None = None,
 ) -> tuple[PrunePlan, MapScores]:
     """Bisection on the removed fraction of candidate channels, on top of `best_plan`'s blocks; with
-    `target_latency`, no further than the fraction the latency budget removes (with these blocks)."""
+    `limit`, no further than the channels that budget removes (with these blocks)."""
     blocks = best_plan.removed_blocks
-    high = 1.0
-    if target_latency is not None:
-        budget = plan_channel_prune(trials.model, target_latency=target_latency, removed_blocks=blocks, **trials.plan_options).settings
-        high = min(1.0, (budget["ranked_removed"] + 0.5) / max(budget["ranked_channels"], 1))  # + 0.5: a ratio's count rounds down
+    high, bound = 1.0, {}
+    if limit is not None:
+        cut = ChannelCut(trials.model, removed_blocks=blocks, **trials.plan_options)
+        bound = limit.settings()
+        high = min(1.0, (limit.removed(cut, bound) + 0.5) / max(cut.size, 1))  # + 0.5: a ratio's count rounds down
     low = 0.0  # low: largest fraction known to pass; high: smallest known to fail (or the most allowed)
     for step in range(steps):
         ratio = high if step == 0 else (low + high) / 2  # try everything first: it may already pass
@@ -309,4 +307,5 @@ def _search_channel_ratio(
                 break
         else:
             high = ratio
+    best_plan.settings.update(bound)  # the limit and what it reached
     return best_plan, best_scores

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from yoloprune.darknet.graph import ResidualBlock, residual_blocks
+from yoloprune.darknet.residual import ResidualBlock, residual_blocks
 from yoloprune.darknet.model import Darknet
 from yoloprune.errors import CfgError
 from yoloprune.prune.importance import Importance, bn_scale
@@ -20,11 +20,6 @@ from yoloprune.prune.importance import Importance, bn_scale
 
 def _block_score(scores: dict[int, torch.Tensor], block: ResidualBlock) -> float:
     return float(torch.as_tensor(scores[block.second]).double().mean())
-
-
-def block_importance(model: Darknet, block: ResidualBlock, importance: Importance = bn_scale) -> float:
-    """Mean importance of the channels of the block's second conv."""
-    return _block_score(importance(model), block)
 
 
 def plan_layer_prune(model: Darknet, num_blocks: int, importance: Importance = bn_scale) -> list[ResidualBlock]:

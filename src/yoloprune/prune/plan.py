@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from yoloprune.darknet.graph import ResidualBlock
+from yoloprune.darknet.residual import ResidualBlock
 from yoloprune.fileio import atomic_write_text
 
 
@@ -93,7 +93,9 @@ class PrunePlan:
     def summary(self) -> str:
         lines = [f"prune plan: mode={self.mode}" + (f", threshold={self.threshold:.6g}" if self.threshold is not None else "")]
         if self.settings:
-            lines.append("  settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items() if v is not None))
+            # a record per step (a latency search's timings) stays in plan.json
+            shown = {k: v for k, v in self.settings.items() if v is not None and not isinstance(v, (list, dict))}
+            lines.append("  settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         before = sum(self.channels_before[idx] for idx in self.candidate_layers)
         lines.append(
             f"  channels: {self.pruned_channel_count} of {before} removed in {len(self.kept_channels)} of "

@@ -9,7 +9,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from yoloprune.darknet.cfg import ConvBlock, save_cfg
-from yoloprune.darknet.graph import count_cfg_macs
+from yoloprune.darknet.cost import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.errors import YoloPruneError
 from yoloprune.fileio import atomic_write_text
@@ -59,8 +59,8 @@ class PruneReport:
     # What folding costs, on the validation images: mAP@0.5 of the unpruned network with the removed
     # channels' γ set to 0 (they output their constant) and of the compact model before re-calibration.
     folding: dict | None = None
-    # With a latency budget: the latency the table predicted and the one measured, before and after,
-    # both models timed interleaved in the table's runtime (`prune.run.measure_latency_ratio`).
+    # With a latency target: the original's and the compact model's latency, timed interleaved in one
+    # runtime (`prune.latency.measure_latency`), and how many compact models the search timed.
     latency: dict | None = None
 
     @property

@@ -1,6 +1,7 @@
 """One pruning run, as the `prune` command and the demo perform it:
 plan (layer blocks, then channels by ratio / threshold / budget / mAP tolerance) → plan.json →
-apply with constant folding → optional BN re-calibration → pruned.cfg/.weights/.pt, report.json, channels.png.
+apply with constant folding → optional BN re-calibration → pruned.cfg/.weights/.pt, report.json (the
+caller draws channels.png from the report, `viz.channels.plot_channels`).
 
 Everything is written into a hidden folder beside the output folder, which takes the output folder's
 place only once complete (`fileio.atomic_directory`): an interrupted or failed run leaves the
@@ -15,19 +16,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from yoloprune.darknet.model import Darknet
 from yoloprune.fileio import atomic_directory, check_replaceable_folder
 from yoloprune.prune.apply import prune_model, zero_removed_gammas
 from yoloprune.prune.auto import AutoPruneResult, as_map_scores, search_max_pruning
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.importance import IMPORTANCES
-from yoloprune.prune.latency import latency_table_for, measure_latency, refine_to_measured
+from yoloprune.prune.latency import LatencyMeter, measure_latency
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
 from yoloprune.prune.report import PRUNED_FILES, PruneReport, build_prune_report, write_prune_outputs
 from yoloprune.prune.settings import PruneSettings
 from yoloprune.settings import resolve_device
-from yoloprune.viz.channels import plot_channels
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ class PruneOutcome:
 
 
 def _make_recalibrator(settings: PruneSettings, img_size: int):
+    from yoloprune.data.dataset import image_loader
     from yoloprune.data.spec import load_data_spec
-    from yoloprune.eval.validator import image_loader
     from yoloprune.prune.calibrate import recalibrate_batchnorm
 
     spec = load_data_spec(settings.data)
@@ -94,7 +96,8 @@ def check_output_folder(out_dir: Path) -> None:
 
 def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, source: str | None = None) -> PruneOutcome:
     """Plan, save the plan, apply, (re-calibrate,) and write every output into `out_dir`, which is
-    created, or replaced as a whole at the end (see the module docstring and `check_output_folder`)."""
+    created, or replaced as a whole at the end (see the module docstring and `check_output_folder`).
+    The channels chart (channels.png) is the caller's to draw from the report (`viz.channels.plot_channels`)."""
     settings.validate()
     out_dir = Path(out_dir)
     check_output_folder(out_dir)  # now rather than after a search that can take minutes
@@ -105,43 +108,24 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
     needs_evaluator = settings.data and (settings.max_map_drop is not None or not settings.plan_only)
     evaluate = make_map_evaluator(settings, img_size) if needs_evaluator else None
     start = time.perf_counter()
-    search_blocks = settings.layers == "auto"
     importance = IMPORTANCES[settings.importance]
-    blocks = [] if search_blocks else plan_layer_prune(model, settings.layers, importance=importance)
+    blocks = [] if settings.layers == "auto" else plan_layer_prune(model, settings.layers, importance=importance)
     common = dict(min_keep=settings.min_keep, round_to=settings.round_to, img_size=img_size, removed_blocks=blocks, importance=importance)
+    meter = None
+    if settings.target_latency is not None:
+        meter = LatencyMeter(model, prune_model, settings.runtime or "ort", img_size, torch.get_num_threads())
+    budget = settings.budget(meter)
     auto_result = None
-    # the latency table, built or read before planning so that a bad one stops the run at once
-    latency = latency_table_for(model.cfg, img_size, settings.runtime, settings.latency_table) if settings.target_latency is not None else None
     if settings.max_map_drop is not None:
         auto_result = search_max_pruning(
             model, evaluate, settings.max_map_drop, settings.mode, apply=prune_model, steps=settings.auto_steps,
-            recalibrate=recalibrate, search_blocks=search_blocks, max_map5095_drop=settings.max_map5095_drop,
-            latency=latency, target_latency=settings.target_latency, **common,
+            recalibrate=recalibrate, search_blocks=settings.layers == "auto", max_map5095_drop=settings.max_map5095_drop,
+            limit=budget, **common,
         )
         plan = auto_result.plan
-        if latency is not None:
-            plan.settings["target_latency"] = settings.target_latency
         recalibrate = recalibrate if auto_result.recalibrated else None
     else:
-        plan = plan_channel_prune(
-            model,
-            settings.mode,
-            ratio=settings.ratio,
-            threshold=settings.threshold,
-            target_flops=settings.target_flops,
-            target_params=settings.target_params,
-            target_latency=settings.target_latency,
-            latency=latency,
-            **common,
-        )
-    attempts = None
-    if latency is not None and auto_result is None and settings.refine and not settings.plan_only:
-        def replan(budget: float) -> PrunePlan:
-            return plan_channel_prune(model, settings.mode, target_latency=budget, latency=latency, **common)
-
-        plan, attempts = refine_to_measured(model, plan, replan, prune_model, latency, settings.target_latency, settings.refine)
-        # the plan records the budget it was made for on the table, and the target it serves
-        plan.settings.update(table_budget=plan.settings["target_latency"], target_latency=settings.target_latency)
+        plan = plan_channel_prune(model, settings.mode, budget, **common)
     plan.settings["importance"] = settings.importance  # the plan's threshold is in its units
     if source is not None:
         plan.settings["source"] = source
@@ -158,13 +142,21 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
             report.plan_seconds = plan_seconds
             if auto_result is not None:
                 report.auto = auto_result.to_dict()
-            if latency is not None:
-                report.latency = measure_latency(model, pruned, latency)
-                if attempts is not None:
-                    report.latency["attempts"] = attempts
+            if meter is not None:
+                report.latency = _latency_report(model, pruned, plan, meter)
             written += list(write_prune_outputs(staging, pruned, report, plan))
-            plot_channels(report, staging / "channels.png")
-            written.append("channels.png")
         check_output_folder(out_dir)  # again: a file put there during the run would be deleted with the old folder
     paths = {name: out_dir / name for name in written}
     return PruneOutcome(plan, report, paths, auto_result, pruned)
+
+
+def _latency_report(model: Darknet, pruned: Darknet, plan: PrunePlan, meter: LatencyMeter) -> dict:
+    """The compact model's measured latency: the search's timing of the plan kept, or, where the mAP
+    search chose a lighter plan, a timing of its own."""
+    attempts = plan.settings.get("latency_attempts", [])
+    chosen = [attempt for attempt in attempts if attempt["removed"] == plan.settings.get("ranked_removed")]
+    if plan.settings.get("auto") or not chosen:
+        measured = measure_latency(model, pruned, meter.runtime, meter.img_size, meter.threads, meter.runs, repeats=meter.repeats)
+    else:
+        measured = {name: chosen[0][name] for name in ("measured_ms_before", "measured_ms_after", "measured_ratio")}
+    return {**meter.describe(), **measured, "attempts": len(attempts)}

@@ -7,13 +7,14 @@ import argparse
 from dataclasses import dataclass
 
 from yoloprune.errors import SettingsError
+from yoloprune.prune.budget import DEFAULT_LATENCY_STEPS, Budget, LatencyTarget, MacsTarget, ParamsTarget, Ratio, Threshold
 from yoloprune.settings import check_img_size, is_whole, option, require, resolve_device
 
 # Which convs are candidates: the seed's rule, or every BN conv with shortcut-coupled ones pruned together.
 PRUNE_MODES = ("safe", "full")
 # The settings that say how much to prune; at most one may be given.
 AMOUNT_SETTINGS = ("ratio", "threshold", "target_flops", "target_params", "target_latency", "max_map_drop")
-# Runtimes a latency budget is predicted and measured in: ONNX Runtime (the model's ONNX export) or PyTorch.
+# Runtimes a latency budget is measured in: ONNX Runtime (the model's ONNX export) or PyTorch.
 LATENCY_RUNTIMES = ("ort", "torch")
 # BN re-calibration after pruning, on by default when training images are at hand: on the demo's
 # sparse model it raised the no-finetune mAP@0.5 at every MACs budget tried (docs/pruning-comparison.md).
@@ -47,23 +48,17 @@ class PruneSettings:
     target_params: float | None = option(None, help="keep this fraction of the parameters (budget search, within 1%%)")
     target_latency: float | None = option(
         None,
-        help="keep this fraction of the latency a latency table predicts (budget search; channels ranked by "
-        "importance per ms saved); the compact and the original model are then timed in --runtime. "
+        help="keep this fraction of the latency measured in --runtime: compact models are timed against the original, "
+        "interleaved, and the MACs budget searched until the ratio is within 5%% (at most --latency-steps models). "
         "With --max-map-drop: prune at most this far, less if the mAP asks for it",
     )
     runtime: str | None = option(
         None, choices=LATENCY_RUNTIMES, help="runtime of --target-latency: ort (the ONNX export in ONNX Runtime) or torch",
-        default_text="the --latency-table's, else ort",
+        default_text="ort",
     )
-    latency_table: str | None = option(
-        None,
-        help="latency table JSON for --target-latency (`yoloprune latency-table`); without one, a table is built "
-        "for the cfg at the input size with the current thread count, or reused from the cache",
-    )
-    refine: int = option(
-        2,
-        help="with --target-latency alone: plan again up to this many times while the compact model, timed against "
-        "the original, misses the target by more than 5 %%, with the budget on the table corrected by the miss (0: the table's plan)",
+    latency_steps: int | None = option(
+        None, help="with --target-latency: compact models timed at most (the first keeps the target's fraction of the MACs)",
+        default_text=str(DEFAULT_LATENCY_STEPS),
     )
     max_map_drop: float | None = option(
         None,
@@ -113,13 +108,10 @@ class PruneSettings:
             raise SettingsError(given[1], "give one of " + ", ".join(f"`{name}`" for name in AMOUNT_SETTINGS) + "; got " + " and ".join(f"`{name}`" for name in given))
         if not given and not self.layers:
             raise SettingsError("ratio", "say how much to prune: one of " + ", ".join(f"`{name}`" for name in AMOUNT_SETTINGS) + " or `layers`")
-        require(self.ratio is None or 0 <= self.ratio <= 1, "ratio", "in [0, 1]", self.ratio)
-        for name in ("target_flops", "target_params", "target_latency"):
-            require(getattr(self, name) is None or 0 < getattr(self, name) <= 1, name, "in (0, 1]", getattr(self, name))
-        for name in ("runtime", "latency_table"):
+        self.budget()  # each budget checks its own value
+        for name in ("runtime", "latency_steps"):
             require(getattr(self, name) is None or self.target_latency is not None, name, "given with `target_latency`", getattr(self, name))
         require(self.runtime is None or self.runtime in LATENCY_RUNTIMES, "runtime", " or ".join(LATENCY_RUNTIMES), self.runtime)
-        require(is_whole(self.refine) and self.refine >= 0, "refine", "a whole number >= 0", self.refine)
         require(self.threshold is None or self.threshold >= 0, "threshold", ">= 0", self.threshold)
         require(self.max_map_drop is None or self.max_map_drop >= 0, "max_map_drop", ">= 0", self.max_map_drop)
         require(self.max_map_drop is None or bool(self.data), "max_map_drop", "given with `data` (the mAP is measured on its valid split)", self.max_map_drop)
@@ -136,6 +128,19 @@ class PruneSettings:
         require(not self.calibration_images() or bool(self.data), "calibrate", "0 without `data` (it runs on the training images)", self.calibrate)
         check_img_size(self.img_size)
         resolve_device(self.device)
+
+    def budget(self, measure=None) -> Budget | None:
+        """The channel budget the settings give (`prune.budget`), None where none is given; with
+        `max_map_drop` the latency target is the limit of the search. `measure`: the latency
+        target's timer (`prune.latency.LatencyMeter`)."""
+        steps = DEFAULT_LATENCY_STEPS if self.latency_steps is None else self.latency_steps
+        for value, make in (
+            (self.ratio, Ratio), (self.threshold, Threshold), (self.target_flops, MacsTarget), (self.target_params, ParamsTarget),
+            (self.target_latency, lambda value: LatencyTarget(value, measure, steps)),
+        ):
+            if value is not None:
+                return make(value)
+        return None
 
     def calibration_images(self) -> int:
         if self.calibrate is not None:

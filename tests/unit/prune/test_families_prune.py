@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from helpers import FIXTURES, GROUPED_ROUTE, OPENCV_BN_EPS, calibrate_bn, cfg_text, conv, opencv_model_heads, random_darknet, random_model
-from yoloprune.darknet.graph import analyze_graph, count_cfg_macs, residual_blocks
+from yoloprune.darknet.cost import count_cfg_macs
+from yoloprune.darknet.graph import analyze_graph
+from yoloprune.darknet.residual import residual_blocks
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune import mask_model, plan_channel_prune, prune_model
 from yoloprune.prune.apply import zero_removed_gammas
-from yoloprune.prune.channel import BUDGET_TOLERANCE
+from yoloprune.prune.budget import BUDGET_TOLERANCE, MacsTarget, Ratio, Threshold
 
 
 def _case(name: str, size: int, slow: bool = False):
@@ -85,7 +87,7 @@ def zeroed(request, tmp_path_factory):
 def test_pruning_zero_channels_leaves_opencv_outputs_unchanged(zeroed, mode):
     model, count, block, x, expected, folder = zeroed
     assert count > 0
-    plan = plan_channel_prune(model, mode, threshold=1e-3, removed_blocks=[block] if block else [])
+    plan = plan_channel_prune(model, mode, Threshold(1e-3), removed_blocks=[block] if block else [])
     assert not set(plan.kept_channels) & plan.removed_layers
     if mode == "full":  # every zeroed channel goes, from every member of its set
         assert plan.pruned_channel_count >= count
@@ -101,14 +103,14 @@ def test_pruning_zero_channels_leaves_opencv_outputs_unchanged(zeroed, mode):
 @pytest.mark.parametrize("target", [0.5])
 def test_macs_budget_lands_within_one_percent(zeroed, target):
     model = zeroed[0]
-    plan = plan_channel_prune(model, "full", target_flops=target)
+    plan = plan_channel_prune(model, "full", MacsTarget(target))
     achieved = count_cfg_macs(prune_model(model, plan).cfg, plan.img_size) / count_cfg_macs(model.cfg, plan.img_size)
     assert abs(achieved / target - 1) <= BUDGET_TOLERANCE
 
 
 def test_yolov3_tiny_prn_prunes_around_its_unequal_shortcuts():
     model = random_model(str(FIXTURES / "yolov3-tiny-prn.cfg")).eval()
-    plan = plan_channel_prune(model, "full", ratio=0.3)
+    plan = plan_channel_prune(model, "full", Ratio(0.3))
     # darknet sums only the leading channels of conv 8 and of conv 20's set: none of them may be cut
     for conv_idx in (8, 20, 23):
         assert len(plan.kept_channels.get(conv_idx, range(model.out_channels[conv_idx]))) == model.out_channels[conv_idx]
@@ -123,7 +125,7 @@ def test_yolov3_tiny_prn_prunes_around_its_unequal_shortcuts():
 @pytest.mark.parametrize("mode", ["safe", "full"])
 def test_yolov4_tiny_prunes_the_convs_read_through_route_groups_by_equal_halves(mode):
     model = random_model(str(FIXTURES / "yolov4-tiny.cfg")).eval()
-    plan = plan_channel_prune(model, mode, ratio=0.5)
+    plan = plan_channel_prune(model, mode, Ratio(0.5))
     for conv_idx in (2, 10, 18):  # each read by `[route] groups=2 group_id=1` right after it
         half = model.out_channels[conv_idx] // 2
         kept = torch.tensor(plan.kept_channels[conv_idx])
@@ -150,7 +152,7 @@ def test_the_halves_of_a_grouped_route_pair_their_channels_by_rank_not_by_index(
     with torch.no_grad():
         model.layers[0].bn.weight[[2, 3, 4, 5]] = 0.0
         model.layers[0].bn.bias[[2, 3, 4, 5]] = 0.0
-    plan = plan_channel_prune(model, "full", threshold=1e-6)
+    plan = plan_channel_prune(model, "full", Threshold(1e-6))
     assert plan.kept_channels[0] == [0, 1, 6, 7]
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -167,7 +169,7 @@ def test_removed_constants_fold_through_route_groups_maxpools_and_concatenations
     with torch.no_grad():
         for idx in (0, 2, 5):
             model.layers[idx].bn.weight[1::2] *= 0.01  # conv 0: positions 1, 3 of both halves
-    plan = plan_channel_prune(model, "full", threshold=0.1)
+    plan = plan_channel_prune(model, "full", Threshold(0.1))
     assert sorted(plan.kept_channels) == [0, 2, 5] and plan.kept_channels[0] == [0, 2, 4, 6]
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import sparse_nano
 from yoloprune.cli import main
-from yoloprune.darknet.graph import count_cfg_macs
+from yoloprune.darknet.cost import count_cfg_macs
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.darknet.weights import save_checkpoint
 from yoloprune.errors import YoloPruneError

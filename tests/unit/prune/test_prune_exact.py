@@ -7,6 +7,7 @@ from helpers import cfg_text, conv, heads, max_diff, random_darknet, sparse_nano
 from yoloprune.darknet.cfg import ConvBlock
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.apply import build_compact_model, mask_model, prune_model
+from yoloprune.prune.budget import MacsTarget, Ratio, Threshold
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.report import build_prune_report
@@ -26,7 +27,7 @@ def zero_gammas(model: Darknet, channels_by_layer: dict[int, list[int]]) -> int:
 
 def prune_the_zeros(model: Darknet, mode: str):
     """A plan removing exactly the candidate channels whose importance is 0."""
-    return plan_channel_prune(model, mode, threshold=1e-12)
+    return plan_channel_prune(model, mode, Threshold(1e-12))
 
 
 X = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -82,10 +83,10 @@ def test_3x3_consumer_is_exact_on_interior_pixels():
 @pytest.mark.parametrize(
     "options",
     [
-        dict(mode="safe", ratio=0.6),
-        dict(mode="full", ratio=0.7, min_keep=0.1),
-        dict(mode="full", target_flops=0.3, round_to=4),
-        dict(mode="full", ratio=0.5, layers=4),
+        dict(mode="safe", budget=Ratio(0.6)),
+        dict(mode="full", budget=Ratio(0.7), min_keep=0.1),
+        dict(mode="full", budget=MacsTarget(0.3), round_to=4),
+        dict(mode="full", budget=Ratio(0.5), layers=4),
         dict(mode="safe", layers=3),
     ],
     ids=["safe", "full", "full-budget-round", "full+layers", "layers-only"],
@@ -127,7 +128,7 @@ def test_removing_blocks_and_channels_together_matches_masked_on_a_chain():
     with torch.no_grad():
         model.layers[5].bn.weight.zero_()
     blocks = plan_layer_prune(model, 1)
-    plan = plan_channel_prune(model, "full", ratio=0.1, removed_blocks=blocks)
+    plan = plan_channel_prune(model, "full", Ratio(0.1), removed_blocks=blocks)
     pruned = prune_model(model, plan)
     assert max_diff(heads(mask_model(model, plan), X), heads(pruned, X)) <= 1e-4
     assert max_diff(heads(model, X), heads(pruned, X), border=1) <= 1e-4
@@ -141,7 +142,7 @@ def test_removed_block_read_by_a_route_is_replaced_by_its_input():
         model.layers[shortcut - 1].bn.weight.zero_()
     blocks = plan_layer_prune(model, 1)
     assert [b.shortcut for b in blocks] == [shortcut]
-    plan = plan_channel_prune(model, "full", ratio=0.3, removed_blocks=blocks)
+    plan = plan_channel_prune(model, "full", Ratio(0.3), removed_blocks=blocks)
     compact = build_compact_model(model, plan)
     # the route that read the removed shortcut now reads the block's input (new index: unchanged, it precedes the block)
     block_input = shortcut - 3
@@ -158,7 +159,7 @@ def test_zero_removed_gammas_is_what_the_compact_model_computes_where_consumers_
 
     model = build(conv(8, 3), conv(8), conv(6))
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    plan = plan_channel_prune(model, "safe", ratio=0.5)
+    plan = plan_channel_prune(model, "safe", Ratio(0.5))
     zeroed = zero_removed_gammas(model, plan)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     for idx, kept in plan.kept_channels.items():

@@ -12,6 +12,7 @@ import math
 import torch
 
 from helpers import YOLO_HEAD, conv, random_darknet
+from yoloprune.prune.budget import Ratio
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.importance import bn_scale_out_norm
 
@@ -97,8 +98,8 @@ def weighted_pair():
 def test_the_planner_keeps_a_small_gamma_channel_with_large_outgoing_weights():
     model = weighted_pair()
     # 16 candidate channels (X and Y): a ratio of 1/16 removes the lowest-ranked one
-    by_gamma = plan_channel_prune(model, "full", ratio=1 / 16)
-    by_out_norm = plan_channel_prune(model, "full", ratio=1 / 16, importance=bn_scale_out_norm)
+    by_gamma = plan_channel_prune(model, "full", Ratio(1 / 16))
+    by_out_norm = plan_channel_prune(model, "full", Ratio(1 / 16), importance=bn_scale_out_norm)
     assert by_gamma.kept_channels == {0: [1, 2, 3, 4, 5, 6, 7]}
     assert by_out_norm.kept_channels == {0: [0, 2, 3, 4, 5, 6, 7]}
 

@@ -24,6 +24,7 @@ from helpers import CONFIGS, FIXTURES, opencv_model_heads, random_model, sparse_
 from yoloprune.darknet.cfg import ConvBlock, DarknetCfg, MaxpoolBlock, UpsampleBlock
 from yoloprune.darknet.model import Darknet
 from yoloprune.prune.apply import prune_model
+from yoloprune.prune.budget import Ratio, Threshold
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.plan import PrunePlan
 
@@ -113,7 +114,7 @@ def test_pruning_channels_read_by_1x1_convs_equals_the_oracle_everywhere(tmp_pat
     with torch.no_grad():  # every other channel of the targets falls under the threshold
         for idx in targets:
             model.layers[idx].bn.weight[::2] *= 0.01
-    plan = plan_channel_prune(model, "full", threshold=0.1)
+    plan = plan_channel_prune(model, "full", Threshold(0.1))
     assert sorted(plan.kept_channels) == targets
     compared, left_out = compare_with_the_oracle(model, plan, size, tmp_path)
     assert left_out == 0 and compared > 0
@@ -122,10 +123,10 @@ def test_pruning_channels_read_by_1x1_convs_equals_the_oracle_everywhere(tmp_pat
 @pytest.mark.parametrize(
     "cfg_path, size, options",
     [
-        (TINY, 416, dict(mode="full", ratio=0.5)),
+        (TINY, 416, dict(mode="full", budget=Ratio(0.5))),
         # Darknet-53's 3×3 convs carry the border ~13 cells into the 1/32 head: a large input leaves an interior
-        (NANO, 1024, dict(mode="full", ratio=0.6)),
-        (NANO, 1024, dict(mode="safe", ratio=0.6)),
+        (NANO, 1024, dict(mode="full", budget=Ratio(0.6))),
+        (NANO, 1024, dict(mode="safe", budget=Ratio(0.6))),
     ],
     ids=["yolov3-tiny-full", "yolov3-nano-full", "yolov3-nano-safe"],
 )

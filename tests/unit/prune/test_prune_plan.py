@@ -7,22 +7,25 @@ import pytest
 import torch
 
 from helpers import CONFIGS, FIXTURES, heads, max_diff, randomize_bn, sparse_nano
-from yoloprune.darknet.graph import analyze_graph, count_cfg_macs, residual_blocks, safe_prunable_conv_indices
+from yoloprune.darknet.cost import count_cfg_macs
+from yoloprune.darknet.graph import analyze_graph, safe_prunable_conv_indices
+from yoloprune.darknet.residual import residual_blocks
 from yoloprune.darknet.model import Darknet, count_parameters
 from yoloprune.errors import CfgError
 from yoloprune.prune.apply import build_compact_model, mask_model, prune_model
 from yoloprune.prune.auto import search_max_pruning
+from yoloprune.prune.budget import MacsTarget, ParamsTarget, Ratio, Threshold
 from yoloprune.prune.calibrate import recalibrate_batchnorm
 from yoloprune.prune.channel import plan_channel_prune
 from yoloprune.prune.importance import bn_scale
-from yoloprune.prune.layer import block_importance, plan_layer_prune
+from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
 from yoloprune.prune.report import build_prune_report
 
 
 def test_plan_round_trips_through_json(tmp_path):
     model = sparse_nano()
-    plan = plan_channel_prune(model, "full", ratio=0.5, removed_blocks=plan_layer_prune(model, 2))
+    plan = plan_channel_prune(model, "full", Ratio(0.5), removed_blocks=plan_layer_prune(model, 2))
     plan.save(tmp_path / "plan.json")
     assert PrunePlan.load(tmp_path / "plan.json") == plan
     assert PrunePlan.from_dict(json.loads(plan.to_json())) == plan
@@ -32,7 +35,7 @@ def test_plan_round_trips_through_json(tmp_path):
 @pytest.mark.parametrize("mode", ["safe", "full"])
 def test_ratio_removes_the_lowest_gammas(mode):
     model = sparse_nano()
-    plan = plan_channel_prune(model, mode, ratio=0.6)
+    plan = plan_channel_prune(model, mode, Ratio(0.6))
     if mode == "safe":
         assert set(plan.candidate_layers) == set(safe_prunable_conv_indices(model.cfg))
     # a shared channel set ranks a channel by its members' max |γ|; a lone conv by its own
@@ -59,7 +62,7 @@ def test_full_mode_prunes_a_coupled_group_together_by_its_max_gamma():
         for idx in chain.convs:
             model.layers[idx].bn.weight[:3] = 0.0
         model.layers[second].bn.weight[2] = 5.0  # channel 2 matters in one summand: it must stay
-    plan = plan_channel_prune(model, "full", threshold=1e-9)
+    plan = plan_channel_prune(model, "full", Threshold(1e-9))
     kept_lists = {tuple(plan.kept_channels[idx]) for idx in chain.convs}
     assert len(kept_lists) == 1
     kept = kept_lists.pop()
@@ -70,7 +73,7 @@ def test_full_mode_prunes_a_coupled_group_together_by_its_max_gamma():
 @pytest.mark.parametrize("min_keep", [3, 0.25])
 def test_min_keep_never_leaves_a_layer_empty(min_keep):
     model = sparse_nano()
-    plan = plan_channel_prune(model, "full", ratio=1.0, min_keep=min_keep)
+    plan = plan_channel_prune(model, "full", Ratio(1.0), min_keep=min_keep)
     for idx in plan.candidate_layers:
         width = plan.channels_before[idx]
         expected = min(width, min_keep) if min_keep >= 1 else math.ceil(min_keep * width)
@@ -83,7 +86,7 @@ def test_min_keep_never_leaves_a_layer_empty(min_keep):
 def test_round_keeps_multiples_of_8_by_top_gamma():
     model = Darknet(str(CONFIGS / "yolov3-hand-small.cfg")).eval()
     randomize_bn(model)
-    plan = plan_channel_prune(model, "safe", ratio=0.7, round_to=8)
+    plan = plan_channel_prune(model, "safe", Ratio(0.7), round_to=8)
     gammas = bn_scale(model)
     for idx, kept in plan.kept_channels.items():
         assert len(kept) % 8 == 0
@@ -91,13 +94,13 @@ def test_round_keeps_multiples_of_8_by_top_gamma():
         assert sorted(top.tolist()) == kept
 
 
-@pytest.mark.parametrize("mode, target", [("full", "target_flops"), ("full", "target_params"), ("safe", "target_params")])
+@pytest.mark.parametrize("mode, target", [("full", MacsTarget), ("full", ParamsTarget), ("safe", ParamsTarget)])
 def test_budget_search_lands_within_one_percent(mode, target):
     model = sparse_nano()
-    plan = plan_channel_prune(model, mode, **{target: 0.4})
+    plan = plan_channel_prune(model, mode, target(0.4))
     pruned = prune_model(model, plan)
     report = build_prune_report(model, pruned, plan)
-    achieved = report.macs_ratio if target == "target_flops" else report.params_ratio
+    achieved = report.macs_ratio if target is MacsTarget else report.params_ratio
     assert abs(achieved / 0.4 - 1) <= 0.01
     # the cfg-only prediction made while planning is what the built model has
     assert plan.params_after == count_parameters(pruned)
@@ -115,13 +118,13 @@ def test_a_custom_importance_decides_what_is_kept():
     # threshold -cut removes the channels whose reversed score -|γ| is below -cut, i.e. |γ| > cut
     candidates = safe_prunable_conv_indices(model.cfg)
     cut = float(torch.cat([gammas[idx] for idx in candidates]).median())
-    plan = plan_channel_prune(model, "safe", threshold=-cut, importance=smallest_gamma_first)
+    plan = plan_channel_prune(model, "safe", Threshold(-cut), importance=smallest_gamma_first)
     for idx in candidates:
         expected = [c for c in range(len(gammas[idx])) if gammas[idx][c] <= cut]
         if not expected:  # min_keep = 1: the most important channel, here the one of smallest |γ|
             expected = [int(torch.argmin(gammas[idx]))]
         assert plan.kept_channels.get(idx, list(range(len(gammas[idx])))) == expected
-    assert plan.kept_channels != plan_channel_prune(model, "safe", threshold=cut).kept_channels
+    assert plan.kept_channels != plan_channel_prune(model, "safe", Threshold(cut)).kept_channels
     # blocks too: the reversed score removes the blocks whose second conv has the largest mean |γ|
     blocks = residual_blocks(model.cfg)
     by_mean = sorted(blocks, key=lambda b: -float(gammas[b.second].mean()))
@@ -130,7 +133,7 @@ def test_a_custom_importance_decides_what_is_kept():
 
 def test_more_pruning_never_costs_more():
     model = sparse_nano()
-    macs = [plan_channel_prune(model, "full", ratio=r, round_to=4).macs_after for r in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
+    macs = [plan_channel_prune(model, "full", Ratio(r), round_to=4).macs_after for r in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
     assert macs == sorted(macs, reverse=True) and macs[0] > macs[-1]
 
 
@@ -138,7 +141,8 @@ def test_layer_pruning_picks_the_least_important_blocks():
     model = sparse_nano()
     blocks = plan_layer_prune(model, 5)
     others = [b for b in residual_blocks(model.cfg) if b not in blocks]
-    assert max(block_importance(model, b) for b in blocks) <= min(block_importance(model, b) for b in others)
+    mean_gamma = {b: float(model.layers[b.second].bn.weight.detach().abs().mean()) for b in residual_blocks(model.cfg)}  # by hand
+    assert max(mean_gamma[b] for b in blocks) <= min(mean_gamma[b] for b in others)
     plan = plan_channel_prune(model, "full", removed_blocks=blocks)
     pruned = prune_model(model, plan)
     assert len(pruned.cfg.layers) == len(model.cfg.layers) - 15
@@ -152,7 +156,7 @@ def test_other_topologies_compact_equals_masked():
     # yolov3-tiny: maxpools (size 2 stride 1 too), a route to an earlier layer, no shortcuts
     torch.manual_seed(0)
     model = randomize_bn(Darknet(str(FIXTURES / "yolov3-tiny.cfg"))).eval()
-    plan = plan_channel_prune(model, "full", ratio=0.6)
+    plan = plan_channel_prune(model, "full", Ratio(0.6))
     assert plan.kept_channels
     x = torch.rand(1, 3, 64, 64)
     assert max_diff(heads(mask_model(model, plan), x), heads(build_compact_model(model, plan), x)) <= 1e-4
@@ -162,7 +166,7 @@ def test_other_topologies_compact_equals_masked():
 def test_spp_compact_equals_masked():
     torch.manual_seed(0)
     model = randomize_bn(Darknet(str(FIXTURES / "yolov3-spp.cfg"))).eval()
-    plan = plan_channel_prune(model, "full", ratio=0.8, removed_blocks=plan_layer_prune(model, 4))
+    plan = plan_channel_prune(model, "full", Ratio(0.8), removed_blocks=plan_layer_prune(model, 4))
     x = torch.rand(1, 3, 64, 64)
     assert max_diff(heads(mask_model(model, plan), x), heads(build_compact_model(model, plan), x)) <= 1e-4
 
@@ -187,7 +191,7 @@ def test_auto_search_finds_the_largest_acceptable_pruning():
 
 
 def test_auto_search_chooses_the_block_count_within_half_the_tolerance():
-    from yoloprune.darknet.graph import residual_blocks
+    from yoloprune.darknet.residual import residual_blocks
 
     model = sparse_nano()
     full_blocks, full_params = len(residual_blocks(model.cfg)), count_parameters(model)
@@ -223,7 +227,7 @@ def test_recalibration_matches_the_batch_statistics():
 
 def test_unreachable_budget_warns_and_prunes_as_far_as_allowed(caplog):
     model = sparse_nano()
-    plan = plan_channel_prune(model, "safe", target_flops=0.01)
+    plan = plan_channel_prune(model, "safe", MacsTarget(0.01))
     assert "not reachable" in caplog.text
-    most = plan_channel_prune(model, "safe", ratio=1.0)
+    most = plan_channel_prune(model, "safe", Ratio(1.0))
     assert plan.macs_after == most.macs_after and plan.settings["achieved"] > 0.01
