@@ -23,7 +23,7 @@ from yoloprune.cli import main
 from yoloprune.darknet.cfg import load_cfg
 from yoloprune.darknet.residual import residual_blocks
 from yoloprune.darknet.weights import load_model
-from yoloprune.prune.channel import BUDGET_TOLERANCE
+from yoloprune.prune.budget import BUDGET_TOLERANCE
 
 SIZE = 64
 TARGET = 0.5
