@@ -22,9 +22,8 @@ SPARSITY_KINDS = ("l1", "polarization")
 SPARSITY_WEIGHTINGS = ("none", "macs")
 SMALL_GAMMA = 0.01  # |γ| below this counts as "pruned away": the logged fraction, the default --sparsity-target-threshold
 # --sparsity-target doubles s when the sparse share stalls, up to this multiple of the starting s unless
-# --sparsity-max says otherwise: one doubling. Measured on the demo's data (README, the recipe): with
-# s climbing three doublings to 8x over 40 epochs, YOLOv4-tiny's sparse model scored test mAP@0.5
-# 0.43, against 0.63 with s fixed for the same epochs; runs that doubled s once kept their accuracy.
+# --sparsity-max says otherwise: one doubling, because s climbing several doublings cost the sparse
+# model its accuracy on the demo's data (docs/recipes.md).
 SPARSITY_MAX_FACTOR = 2
 # Settings that may differ when a run is resumed: how long it runs, where and how it reports. Any
 # other change (the penalty, the learning rates, the data, the model) would make the resumed run a

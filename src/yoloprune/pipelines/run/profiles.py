@@ -36,9 +36,7 @@ class Profile:
     # baseline keep their recipe, so sparse, finetuned and baseline-equal-epochs compare like for like.
     ema_decay: float | None = None
     # The cfg's anchors refitted to the training boxes (`data anchors`) before a baseline is trained
-    # from scratch: the builder's COCO-scaled anchors leave the stride-8 head without a box on the
-    # demo's data; fitted, the default profile's baseline reached valid mAP@0.5 0.355 after 20
-    # epochs against 0.301 (one run each).
+    # from scratch (docs/demo-profiles.md: what fitting gained on the demo's data).
     fit_anchors: bool = True
 
     @property
@@ -53,18 +51,9 @@ PROFILES = {
         sparsity_decay=None, max_map_drop=0.01, round_to=1, auto_steps=3, distill_weight=1.0, bench_runs=5,
         optimizer="adam", gamma_lr_scale=10.0, finetune_lr_ratio=0.5, layers="auto", ema_decay=0.99,
     ),
-    # On the demo's data (see `pipelines.demo`), a task the detector learns to convergence within the
-    # CPU budget. The baseline's weights are averaged (EMA, decay 0.995, about five epochs): the
-    # evaluations of the raw weights swing by 0.1 between epochs (0.56 at epoch 28, 0.66 at 26 at
-    # 128 px), the average's by about 0.01, so the report's plateau rule measures the training, not
-    # the noise. 96 px, 48 epochs: valid mAP@0.5 0.57 at epoch 16, 0.65 at 24, 0.67 at 32 and 40,
-    # 0.66 at 48, +0.0002 over the last quarter (decay 0.99: -0.008; 44 epochs: -0.005; 40 epochs:
-    # +0.011, still rising; the best evaluations of these runs range from 0.667 to 0.689). 128 px
-    # with decay 0.99 climbs a little higher, 0.69 at epoch 32, but its pipeline does not fit 30
-    # minutes (one run each). AdamW: on a 10-minute CPU budget it reaches about 1.6x the mAP@0.5 of
-    # SGD; with it the penalised γ need a 10x learning rate to reach 0 in few epochs. The controls
-    # train (sparse + finetune) epochs at full width and all epochs at the pruned width, so the
-    # sparse and finetune stages are kept short.
+    # A task the demo's detector learns to convergence within the CPU budget, its baseline's weights
+    # averaged so that the report's plateau rule measures the training, not the noise of single
+    # evaluations; the measurements behind each number are in docs/demo-profiles.md.
     "default": Profile(
         name="default", img_size=96, batch=16, baseline_epochs=48, sparse_epochs=10, finetune_epochs=4, lr=0.001, sparsity=0.004,
         sparsity_decay=None, max_map_drop=0.01, round_to=8, auto_steps=7, distill_weight=1.0, bench_runs=30, eval_every=2,
