@@ -146,7 +146,7 @@ class _Slimmer:
         if target_flops is not None:
             amount = {"target_flops": target_flops}
         else:
-            amount = {"max_map_drop": s.max_map_drop, "max_map5095_drop": s.max_map5095_drop}
+            amount = {"max_map_drop": s.max_map_drop, "max_map5095_drop": s.max_map5095_drop, "map_drop_confidence": s.map_drop_confidence}
         return PruneSettings(
             mode=s.mode, layers=layers, round_to=s.round_to, calibrate=s.calibrate, data=s.data, img_size=self.img_size,
             batch=s.batch, workers=s.workers, auto_steps=s.auto_steps, device=s.device, **amount,

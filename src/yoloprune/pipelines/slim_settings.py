@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from yoloprune.errors import SettingsError
-from yoloprune.prune.settings import PRUNE_MODES, parse_layers
+from yoloprune.prune.settings import POINT_ESTIMATE, PRUNE_MODES, parse_layers
 from yoloprune.settings import check_img_size, is_whole, option, require, resolve_device
 from yoloprune.train.settings import OPTIMIZERS
 
@@ -33,6 +33,12 @@ class SlimSettings:
         None,
         help="with --max-map-drop: a round passes only if its finetuned valid mAP@0.5:0.95 also stays within this "
         "of the original model's (and each mAP search holds it too)",
+    )
+    map_drop_confidence: float = option(
+        POINT_ESTIMATE,
+        help="with --max-map-drop and no --target-flops: each round's mAP search accepts a trial only when the one-sided "
+        "lower confidence bound, at this confidence, of its valid mAP minus the round's starting model's (paired bootstrap) "
+        "stays within each tolerance, as in prune; 0.5: the point estimate (the rounds' own checks read point estimates)",
     )
     epochs_per_round: int = option(2, help="finetuning epochs after each round's pruning")
     lr: float = option(0.01, help="peak finetuning learning rate (cosine schedule)")
@@ -75,6 +81,11 @@ class SlimSettings:
         require(self.max_map_drop is None or self.max_map_drop >= 0, "max_map_drop", ">= 0", self.max_map_drop)
         require(self.max_map5095_drop is None or self.max_map_drop is not None, "max_map5095_drop", "given with `max_map_drop`", self.max_map5095_drop)
         require(self.max_map5095_drop is None or self.max_map5095_drop >= 0, "max_map5095_drop", ">= 0", self.max_map5095_drop)
+        require(POINT_ESTIMATE <= self.map_drop_confidence < 1, "map_drop_confidence", "in [0.5, 1)", self.map_drop_confidence)
+        require(
+            self.map_drop_confidence == POINT_ESTIMATE or (self.max_map_drop is not None and self.target_flops is None),
+            "map_drop_confidence", "given with `max_map_drop` and without `target_flops` (it is the mAP search's)", self.map_drop_confidence,
+        )
         require(is_whole(self.epochs_per_round) and self.epochs_per_round >= 1, "epochs_per_round", "a whole number >= 1", self.epochs_per_round)
         require(self.lr > 0, "lr", "> 0", self.lr)
         require(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS), self.optimizer)

@@ -28,7 +28,7 @@ from yoloprune.prune.latency import LatencyMeter, measure_latency
 from yoloprune.prune.layer import plan_layer_prune
 from yoloprune.prune.plan import PrunePlan
 from yoloprune.prune.report import PRUNED_FILES, PruneReport, build_prune_report, write_prune_outputs
-from yoloprune.prune.settings import PruneSettings
+from yoloprune.prune.settings import POINT_ESTIMATE, PruneSettings
 from yoloprune.settings import resolve_device
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,18 @@ def _make_recalibrator(settings: PruneSettings, img_size: int):
     return recalibrate
 
 
-def make_map_evaluator(settings, img_size: int):
+def make_map_evaluator(settings, img_size: int, matches: bool = False):
     """(mAP@0.5, mAP@0.5:0.95) on the valid split of `settings.data`, from one pass, as a function of
     the model (the search and slim's checks choose by them, so they never read the test split).
-    `settings`: a `PruneSettings` or `SlimSettings` (its data, batch, workers and device)."""
+    `settings`: a `PruneSettings` or `SlimSettings` (its data, batch, workers and device).
+    `matches=True`: the model's `DetectionMetrics` instead, with the per-image matches that the
+    search's paired bootstrap reads (`prune.auto.PairedRule`), from the same one pass."""
     from yoloprune.eval.settings import EvalSettings
     from yoloprune.eval.validator import Validator
 
-    evaluation = EvalSettings(data=settings.data, split="valid", intervals=False, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
-    return Validator(evaluation, progress=False).maps
+    evaluation = EvalSettings(data=settings.data, split="valid", intervals=matches, img_size=img_size, batch=settings.batch, workers=settings.workers, device=settings.device)
+    validator = Validator(evaluation, progress=False)
+    return validator if matches else validator.maps
 
 
 def _apply(model: Darknet, plan: PrunePlan, evaluate, recalibrate) -> tuple[Darknet, PruneReport]:
@@ -106,7 +109,8 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
     recalibrate = _make_recalibrator(settings, img_size) if settings.calibration_images() else None
     # One validation loader for the search and the folding measurement.
     needs_evaluator = settings.data and (settings.max_map_drop is not None or not settings.plan_only)
-    evaluate = make_map_evaluator(settings, img_size) if needs_evaluator else None
+    paired = settings.map_drop_confidence != POINT_ESTIMATE  # the search's bootstrap reads per-image matches
+    evaluate = make_map_evaluator(settings, img_size, matches=paired) if needs_evaluator else None
     start = time.perf_counter()
     importance = IMPORTANCES[settings.importance]
     blocks = [] if settings.layers == "auto" else plan_layer_prune(model, settings.layers, importance=importance)
@@ -120,7 +124,7 @@ def run_pruning(model: Darknet, settings: PruneSettings, out_dir: str | Path, so
         auto_result = search_max_pruning(
             model, evaluate, settings.max_map_drop, settings.mode, apply=prune_model, steps=settings.auto_steps,
             recalibrate=recalibrate, search_blocks=settings.layers == "auto", max_map5095_drop=settings.max_map5095_drop,
-            limit=budget, **common,
+            limit=budget, confidence=settings.map_drop_confidence, **common,
         )
         plan = auto_result.plan
         recalibrate = recalibrate if auto_result.recalibrated else None

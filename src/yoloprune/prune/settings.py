@@ -19,6 +19,8 @@ LATENCY_RUNTIMES = ("ort", "torch")
 # BN re-calibration after pruning, on by default when training images are at hand: on the demo's
 # sparse model it raised the no-finetune mAP@0.5 at every MACs budget tried (docs/pruning-comparison.md).
 DEFAULT_CALIBRATION_IMAGES = 256
+# --map-drop-confidence at which the mAP search judges each trial by its point estimate (no bootstrap).
+POINT_ESTIMATE = 0.5
 # What ranks the channels (`prune.importance.IMPORTANCES`): |γ|, or |γ| times the norm of the weights reading the channel.
 IMPORTANCE_NAMES = ("gamma", "gamma-out-norm")
 
@@ -70,6 +72,12 @@ class PruneSettings:
         help="with --max-map-drop: also keep valid mAP@0.5:0.95 within this of the unpruned model "
         "(both come from one evaluation per trial)",
     )
+    map_drop_confidence: float = option(
+        POINT_ESTIMATE,
+        help="with --max-map-drop: accept a trial only when the one-sided lower confidence bound, at this confidence, "
+        "of its valid mAP minus the unpruned model's (paired bootstrap over the validation images) stays within each "
+        "tolerance; 0.5: the point estimate. Higher holds better on unseen images and prunes less",
+    )
     importance: str = option(
         "gamma", choices=IMPORTANCE_NAMES,
         help="what ranks channels and blocks: gamma: |γ| (network slimming); gamma-out-norm: |γ| times the L2 norm "
@@ -118,6 +126,8 @@ class PruneSettings:
         # A second tolerance, not a way to say how much to prune: alone it would leave mAP@0.5 unbounded.
         require(self.max_map5095_drop is None or self.max_map_drop is not None, "max_map5095_drop", "given with `max_map_drop`", self.max_map5095_drop)
         require(self.max_map5095_drop is None or self.max_map5095_drop >= 0, "max_map5095_drop", ">= 0", self.max_map5095_drop)
+        require(POINT_ESTIMATE <= self.map_drop_confidence < 1, "map_drop_confidence", "in [0.5, 1)", self.map_drop_confidence)
+        require(self.map_drop_confidence == POINT_ESTIMATE or self.max_map_drop is not None, "map_drop_confidence", "given with `max_map_drop`", self.map_drop_confidence)
         require(0 <= self.min_keep < 1 or self.min_keep == int(self.min_keep), "min_keep", "a fraction in [0, 1) or a whole count", self.min_keep)
         require(self.layers == "auto" or (is_whole(self.layers) and self.layers >= 0), "layers", "a block count >= 0 or 'auto'", self.layers)
         require(self.layers != "auto" or self.max_map_drop is not None, "layers", "a count unless `max_map_drop` is given ('auto' chooses by mAP)", self.layers)

@@ -31,6 +31,9 @@ class Profile:
     finetune_lr_ratio: float = 0.2  # finetune lr = lr · this
     layers: int | str = 0  # residual blocks the pruning removes, or "auto" (chosen by the mAP search)
     max_map5095_drop: float | None = None  # the auto pruning's mAP@0.5:0.95 tolerance too (None: mAP@0.5 alone)
+    # The auto pruning's one-sided confidence that a trial keeps its tolerances (paired bootstrap over
+    # the validation images); 0.5 judges each trial by its point estimate.
+    map_drop_confidence: float = 0.5
     # The trainings from random init (baseline, scratch) evaluate and save an exponential moving average
     # of the weights with this decay (None: the weights as trained). The trainings that start from the
     # baseline keep their recipe, so sparse, finetuned and baseline-equal-epochs compare like for like.

@@ -77,7 +77,8 @@ def run_stages(run: RunPipeline, data: Path, cfg: Path, dataset_text: str, basel
         log.info("[4/%d] pruning (full mode, mAP@0.5 tolerance %g%s)", STAGES, p.max_map_drop,
                  "" if p.max_map5095_drop is None else f", mAP@0.5:0.95 tolerance {p.max_map5095_drop:g}")
         prune_report = run.prune(sparse.last, PruneSettings(
-            mode="full", max_map_drop=p.max_map_drop, max_map5095_drop=p.max_map5095_drop, round_to=p.round_to, data=str(data),
+            mode="full", max_map_drop=p.max_map_drop, max_map5095_drop=p.max_map5095_drop, map_drop_confidence=p.map_drop_confidence,
+            round_to=p.round_to, data=str(data),
             img_size=p.img_size, auto_steps=p.auto_steps, device=run.device, workers=run.workers, layers=p.layers,
         ))
     models = {"baseline": baseline, "sparse": ModelFiles(sparse.last), "pruned": ModelFiles(run.out / "prune" / "pruned.pt")}
