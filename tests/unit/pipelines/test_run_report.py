@@ -25,3 +25,36 @@ def test_a_flat_noisy_end_is_a_plateau_and_too_few_evaluations_give_none():
     assert gain == pytest.approx((0.71 + 0.65) / 2 - (0.70 + 0.66) / 2) and gain < PLATEAU_GAIN
     assert plateau_gain(_rows({20: 0.7}, 20), 20) is None
     assert plateau_gain(_rows({4: 0.1, 8: 0.2, 12: 0.3, 20: 0.4}, 20), 20) is None  # one evaluation after ¾
+
+
+def test_the_verdict_weighs_both_metrics():
+    from yoloprune.pipelines.run.report import verdict
+
+    assert verdict((0.01, 0.05), (0.002, 0.03), "scratch", "baseline") == "scratch better"
+    assert verdict((-0.05, -0.01), (-0.03, -0.001), "scratch", "baseline") == "baseline better"
+    assert verdict((-0.08, 0.007), (-0.07, 0.01), "scratch", "baseline") == "no measurable change"
+    # one metric holds 0, the other does not: each named, never a plain "no measurable change"
+    assert verdict((-0.08, 0.007), (-0.07, -0.0003), "scratch", "baseline") == (
+        "mAP@0.5: no measurable change; mAP@0.5:0.95: baseline better"
+    )
+    assert verdict((0.01, 0.07), (-0.02, -0.001), "finetuned", "baseline") == (
+        "mAP@0.5: finetuned better; mAP@0.5:0.95: baseline better"
+    )
+    assert verdict(None, None, "a", "b") == "no interval"
+
+
+def test_run_settings_replace_only_the_profile_fields_given():
+    from dataclasses import replace
+
+    from yoloprune.errors import SettingsError
+    from yoloprune.pipelines.run.profiles import PROFILES
+    from yoloprune.pipelines.run.settings import RunSettings
+
+    settings = RunSettings(data="d.data", cfg="c.cfg", out="o", img_size=192, sparse_epochs=30, sparsity=0.008)
+    profile = replace(PROFILES["default"], **settings.profile_overrides())
+    default = PROFILES["default"]
+    assert (profile.img_size, profile.sparse_epochs, profile.sparsity) == (192, 30, 0.008)
+    assert (profile.baseline_epochs, profile.finetune_epochs, profile.lr) == (default.baseline_epochs, default.finetune_epochs, default.lr)
+    assert RunSettings(data="d.data", cfg="c.cfg", out="o").profile_overrides() == {}
+    with pytest.raises(SettingsError):
+        RunSettings(data="d.data", cfg="c.cfg", out="o", baseline_epochs=0)

@@ -118,7 +118,7 @@ def _comparison(bench, table: str) -> list[str]:
             delta = paired_change(a, b)
             lines.append(
                 f"| {question} | {row} − {reference} | {_change_text(a.map50 - b.map50, delta.get('map50_delta_ci'))} "
-                f"| {_change_text(a.map - b.map, delta.get('map_delta_ci'))} | {verdict(delta.get('map50_delta_ci'), row, reference)} |"
+                f"| {_change_text(a.map - b.map, delta.get('map_delta_ci'))} | {verdict(delta.get('map50_delta_ci'), delta.get('map_delta_ci'), row, reference)} |"
             )
     lines.append("")
     return lines
@@ -162,15 +162,28 @@ def _change_text(change: float, interval) -> str:
     return f"{change:+.4f}" + ("" if interval is None else f" ({interval[0]:+.4f} to {interval[1]:+.4f})")
 
 
-def verdict(interval, row: str, reference: str) -> str:
-    """Plain words for a paired mAP@0.5 interval: who is better, or no measurable change."""
-    if interval is None:
+def _better(interval, row: str, reference: str) -> str | None:
+    """Who a paired interval says is better; None where it holds 0 (or there is none)."""
+    if interval is not None and interval[0] > 0:
+        return row
+    if interval is not None and interval[1] < 0:
+        return reference
+    return None
+
+
+def _better_text(better: str | None) -> str:
+    return "no measurable change" if better is None else f"{better} better"
+
+
+def verdict(interval50, interval5095, row: str, reference: str) -> str:
+    """Plain words for the paired intervals of both metrics: who is better, or no measurable change;
+    where the metrics disagree, each is named."""
+    if interval50 is None and interval5095 is None:
         return "no interval"
-    if interval[0] > 0:
-        return f"{row} better"
-    if interval[1] < 0:
-        return f"{reference} better"
-    return "no measurable change"
+    better50, better5095 = _better(interval50, row, reference), _better(interval5095, row, reference)
+    if better50 == better5095:
+        return _better_text(better50)
+    return f"mAP@0.5: {_better_text(better50)}; mAP@0.5:0.95: {_better_text(better5095)}"
 
 
 def _runtimes(scores: dict[str, float], split: str) -> list[str]:

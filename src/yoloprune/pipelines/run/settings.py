@@ -29,6 +29,10 @@ class RunSettings:
     )
     profile: str = option("default", choices=tuple(PROFILES), help=PROFILE_HELP)
     img_size: int | None = option(None, help="input size of every stage, a multiple of 32", default_text="the profile's")
+    baseline_epochs: int | None = option(None, help="epochs of the baseline training", default_text="the profile's")
+    sparse_epochs: int | None = option(None, help="epochs of the sparsity training", default_text="the profile's")
+    finetune_epochs: int | None = option(None, help="epochs of the finetuning", default_text="the profile's")
+    sparsity: float | None = option(None, help="strength s of the γ penalty in the sparsity training", default_text="the profile's")
     recover: str = option("both", choices=RECOVERIES, help=RECOVER_HELP)
     controls: bool = option(
         False, help="also train the controls: the baseline trained on for the sparse + finetune epochs without the penalty, "
@@ -44,3 +48,16 @@ class RunSettings:
         require(self.split in ("valid", "test"), "split", "valid or test", self.split)
         require(is_whole(self.workers) and self.workers >= 0, "workers", "a whole number >= 0", self.workers)
         check_img_size(self.img_size)
+        for name in ("baseline_epochs", "sparse_epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            require(value is None or (is_whole(value) and value >= 1), name, "a whole number >= 1", value)
+        require(self.sparsity is None or self.sparsity >= 0, "sparsity", "a number >= 0", self.sparsity)
+
+    def profile_overrides(self) -> dict:
+        """The profile's settings this run replaces: those of `PROFILE_FIELDS` given here."""
+        return {name: getattr(self, name) for name in PROFILE_FIELDS if getattr(self, name) is not None}
+
+
+# Settings of a profile that `run` may replace for one run (the profile names a recipe, the data may
+# need another input size or more epochs).
+PROFILE_FIELDS = ("img_size", "baseline_epochs", "sparse_epochs", "finetune_epochs", "sparsity")

@@ -27,9 +27,7 @@ log = logging.getLogger(__name__)
 def run_on_data(settings: RunSettings) -> RunResult:
     """`yoloprune run`: every stage on `settings.data` with `settings.cfg` (its classes fitted to the
     dataset, or refused with `weights`), `settings.weights` as the baseline when given."""
-    profile = PROFILES[settings.profile]
-    if settings.img_size is not None:
-        profile = replace(profile, img_size=settings.img_size)
+    profile = replace(PROFILES[settings.profile], **settings.profile_overrides())
     data = Path(settings.data)
     spec = load_data_spec(data)
     text = model_cfg_text(settings.cfg, spec.classes, trained=settings.weights is not None)  # refused before anything is written
