@@ -33,10 +33,12 @@ from pathlib import Path
 
 from yoloprune.bench.benchmark import bench_and_write
 from yoloprune.bench.settings import BenchSettings
+from yoloprune.darknet.blocks import YoloBlock
+from yoloprune.darknet.cfg import load_cfg
 from yoloprune.darknet.weights import load_model
 from yoloprune.data.anchors import run_anchor_fit
 from yoloprune.data.settings import AnchorSettings, SynthSettings
-from yoloprune.data.spec import load_data_spec
+from yoloprune.data.spec import label_path_for, load_data_spec, read_image_list, read_labels
 from yoloprune.eval.runtimes import load_eval_model
 from yoloprune.eval.settings import EvalSettings
 from yoloprune.eval.validator import Validator
@@ -148,7 +150,15 @@ class RunPipeline:
 
     def fit_anchors(self, data: Path, cfg: Path) -> None:
         """Replace the anchors of `cfg` by anchors fitted to the training boxes (seconds; always run,
-        and deterministic, so an unchanged dataset gives an unchanged cfg and the stages after reuse)."""
+        and deterministic, so an unchanged dataset gives an unchanged cfg and the stages after reuse).
+        With fewer training boxes than the cfg has anchors there is nothing to fit: the cfg keeps its own."""
+        anchors = len(next(block.anchors for block in load_cfg(cfg).layers if isinstance(block, YoloBlock)))
+        spec = load_data_spec(data)
+        labels = (read_labels(label_path_for(image), spec.classes) for image in read_image_list(spec.list_for("train")))
+        boxes = sum(0 if boxes_of_image is None else len(boxes_of_image) for boxes_of_image in labels)
+        if boxes < anchors:
+            log.warning("%d training boxes, fewer than the cfg's %d anchors: the cfg's anchors are kept", boxes, anchors)
+            return
         settings = AnchorSettings(data=str(data), cfg=str(cfg), out=str(cfg), img_size=self.profile.img_size)
         self.anchor_fit = run_anchor_fit(settings, progress=False)
         self.commands.append(command_line("data anchors", settings))
