@@ -44,17 +44,18 @@ def test_the_verdict_weighs_both_metrics():
 
 
 def test_run_settings_replace_only_the_profile_fields_given():
-    from dataclasses import replace
-
     from yoloprune.errors import SettingsError
     from yoloprune.pipelines.run.profiles import PROFILES
     from yoloprune.pipelines.run.settings import RunSettings
 
-    settings = RunSettings(data="d.data", cfg="c.cfg", out="o", img_size=192, sparse_epochs=30, sparsity=0.008)
-    profile = replace(PROFILES["default"], **settings.profile_overrides())
+    settings = RunSettings(data="d.data", cfg="c.cfg", out="o", img_size=192, sparse_epochs=30, sparsity=0.008, max_map_drop=0.02)
+    profile = settings.recipe()
     default = PROFILES["default"]
-    assert (profile.img_size, profile.sparse_epochs, profile.sparsity) == (192, 30, 0.008)
+    assert (profile.img_size, profile.sparse_epochs, profile.sparsity, profile.max_map_drop) == (192, 30, 0.008, 0.02)
+    assert default.max_map5095_drop is not None and profile.max_map5095_drop == 0.02
     assert (profile.baseline_epochs, profile.finetune_epochs, profile.lr) == (default.baseline_epochs, default.finetune_epochs, default.lr)
     assert RunSettings(data="d.data", cfg="c.cfg", out="o").profile_overrides() == {}
     with pytest.raises(SettingsError):
         RunSettings(data="d.data", cfg="c.cfg", out="o", baseline_epochs=0)
+    with pytest.raises(SettingsError):
+        RunSettings(data="d.data", cfg="c.cfg", out="o", max_map_drop=-0.01)

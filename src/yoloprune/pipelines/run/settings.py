@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from yoloprune.pipelines.run.profiles import PROFILE_HELP, PROFILES
+from yoloprune.pipelines.run.profiles import PROFILE_HELP, PROFILES, Profile
 from yoloprune.settings import check_img_size, is_whole, option, require
 
 # finetune: the pruned model trained on, distilled from the baseline; scratch: the pruned cfg trained
@@ -33,6 +33,10 @@ class RunSettings:
     sparse_epochs: int | None = option(None, help="epochs of the sparsity training", default_text="the profile's")
     finetune_epochs: int | None = option(None, help="epochs of the finetuning", default_text="the profile's")
     sparsity: float | None = option(None, help="strength s of the γ penalty in the sparsity training", default_text="the profile's")
+    max_map_drop: float | None = option(
+        None, help="the pruning's tolerance: the most channels whose pruned (not yet recovered) model stays within this of the "
+        "sparse model's validation mAP@0.5 (and mAP@0.5:0.95 where the profile bounds it)", default_text="the profile's",
+    )
     recover: str = option("both", choices=RECOVERIES, help=RECOVER_HELP)
     controls: bool = option(
         False, help="also train the controls: the baseline trained on for the sparse + finetune epochs without the penalty, "
@@ -52,12 +56,22 @@ class RunSettings:
             value = getattr(self, name)
             require(value is None or (is_whole(value) and value >= 1), name, "a whole number >= 1", value)
         require(self.sparsity is None or self.sparsity >= 0, "sparsity", "a number >= 0", self.sparsity)
+        require(self.max_map_drop is None or 0 <= self.max_map_drop < 1, "max_map_drop", "a number in [0, 1)", self.max_map_drop)
 
     def profile_overrides(self) -> dict:
         """The profile's settings this run replaces: those of `PROFILE_FIELDS` given here."""
         return {name: getattr(self, name) for name in PROFILE_FIELDS if getattr(self, name) is not None}
 
+    def recipe(self) -> Profile:
+        """The profile with this run's replacements; `max_map_drop` replaces the mAP@0.5:0.95
+        tolerance too where the profile has one (one number for how much the pruning may cost)."""
+        profile = PROFILES[self.profile]
+        overrides = self.profile_overrides()
+        if "max_map_drop" in overrides and profile.max_map5095_drop is not None:
+            overrides["max_map5095_drop"] = overrides["max_map_drop"]
+        return replace(profile, **overrides)
+
 
 # Settings of a profile that `run` may replace for one run (the profile names a recipe, the data may
 # need another input size or more epochs).
-PROFILE_FIELDS = ("img_size", "baseline_epochs", "sparse_epochs", "finetune_epochs", "sparsity")
+PROFILE_FIELDS = ("img_size", "baseline_epochs", "sparse_epochs", "finetune_epochs", "sparsity", "max_map_drop")

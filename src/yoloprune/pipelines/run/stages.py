@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from yoloprune.bench.settings import BenchSettings
@@ -14,7 +13,6 @@ from yoloprune.data.spec import load_data_spec, read_image_list
 from yoloprune.eval.settings import EvalSettings
 from yoloprune.pipelines.run.model_cfg import model_cfg_text
 from yoloprune.pipelines.run.pipeline import STAGES, ModelFiles, RunPipeline, RunResult
-from yoloprune.pipelines.run.profiles import PROFILES
 from yoloprune.pipelines.run.recover import ROW_NAMES
 from yoloprune.pipelines.run.report import RunRecord, write_report
 from yoloprune.pipelines.run.settings import RunSettings
@@ -27,7 +25,7 @@ log = logging.getLogger(__name__)
 def run_on_data(settings: RunSettings) -> RunResult:
     """`yoloprune run`: every stage on `settings.data` with `settings.cfg` (its classes fitted to the
     dataset, or refused with `weights`), `settings.weights` as the baseline when given."""
-    profile = replace(PROFILES[settings.profile], **settings.profile_overrides())
+    profile = settings.recipe()
     data = Path(settings.data)
     spec = load_data_spec(data)
     text = model_cfg_text(settings.cfg, spec.classes, trained=settings.weights is not None)  # refused before anything is written
