@@ -202,7 +202,8 @@ class Trainer:
         if self.is_main:
             # The csv may hold a row of the epoch that was interrupted before its checkpoint landed.
             write_metrics_csv(self.metrics_path, self.state.history)
-        log.info("resuming %s at epoch %d/%d", self.last_path, self.state.epoch + 1, self.settings.epochs)
+        epoch, epochs = self.state.epoch + 1, self.settings.epochs
+        log.info(f"{self.last_path}: all {epochs} epochs trained" if epoch > epochs else f"resuming {self.last_path} at epoch {epoch}/{epochs}")
 
     def _build_loaders(self, model: Darknet) -> None:
         settings = self.settings
