@@ -183,6 +183,17 @@ def label_path_for(image_path: str | Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def label_numbers(fields: list[str], path: str | Path | None, line_no: int) -> list[float]:
+    """The numbers of one label line's fields; DataError naming the line if one is not a finite number."""
+    try:
+        values = [float(field) for field in fields]
+    except ValueError:
+        raise DataError(f"non-numeric value in {' '.join(fields)!r}", path, line_no) from None
+    if not all(math.isfinite(v) for v in values):
+        raise DataError(f"non-finite value in {' '.join(fields)!r}", path, line_no)
+    return values
+
+
 def parse_label_text(text: str, num_classes: int | None, path: str | Path | None = None) -> np.ndarray:
     """Parse label lines into a float32 array (n, 5) of `cls cx cy w h`; raise DataError on a bad line.
 
@@ -196,12 +207,7 @@ def parse_label_text(text: str, num_classes: int | None, path: str | Path | None
         fields = line.split()
         if len(fields) != 5:
             raise DataError(f"expected 5 columns 'cls cx cy w h', got {len(fields)}", path, line_no)
-        try:
-            values = [float(field) for field in fields]
-        except ValueError:
-            raise DataError(f"non-numeric value in {line!r}", path, line_no) from None
-        if not all(math.isfinite(v) for v in values):
-            raise DataError(f"non-finite value in {line!r}", path, line_no)
+        values = label_numbers(fields, path, line_no)
         cls, cx, cy, w, h = values
         if cls != int(cls) or cls < 0:
             raise DataError(f"class id must be a non-negative integer, got {fields[0]}", path, line_no)

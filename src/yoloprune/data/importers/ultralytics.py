@@ -16,7 +16,6 @@ degenerate. The split is the published one.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import yaml
@@ -32,7 +31,7 @@ from yoloprune.data.importers.writer import (
     read_text_lines,
     write_import,
 )
-from yoloprune.data.spec import IMAGE_SUFFIXES, label_path_for
+from yoloprune.data.spec import IMAGE_SUFFIXES, label_numbers, label_path_for
 from yoloprune.errors import DataError
 
 # The yaml key of each split.
@@ -123,12 +122,7 @@ def _line_box(fields: list[str], class_count: int, label_path: Path, line_no: in
     """Class id and normalised (x1, y1, x2, y2) of one label line, a box or a polygon."""
     if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
         raise DataError(f"expected 'cls cx cy w h' or a polygon 'cls x1 y1 x2 y2 ...', got {len(fields)} columns", label_path, line_no)
-    try:
-        values = [float(field) for field in fields]
-    except ValueError:
-        raise DataError(f"non-numeric value in {' '.join(fields)!r}", label_path, line_no) from None
-    if not all(math.isfinite(v) for v in values):
-        raise DataError(f"non-finite value in {' '.join(fields)!r}", label_path, line_no)
+    values = label_numbers(fields, label_path, line_no)
     if values[0] != int(values[0]) or not 0 <= values[0] < class_count:
         raise DataError(f"class id {fields[0]} is not one of the yaml's {class_count} classes (0..{class_count - 1})", label_path, line_no)
     if len(fields) == 5:
