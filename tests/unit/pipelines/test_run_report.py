@@ -59,3 +59,14 @@ def test_run_settings_replace_only_the_profile_fields_given():
         RunSettings(data="d.data", cfg="c.cfg", out="o", baseline_epochs=0)
     with pytest.raises(SettingsError):
         RunSettings(data="d.data", cfg="c.cfg", out="o", max_map_drop=-0.01)
+
+
+def test_the_report_names_the_settings_a_run_changed_from_its_profile():
+    from yoloprune.pipelines.run.profiles import PROFILES
+    from yoloprune.pipelines.run.report import profile_text
+    from yoloprune.pipelines.run.settings import RunSettings
+
+    assert profile_text(PROFILES["default"]) == "profile `default`"
+    text = profile_text(RunSettings(data="d.data", cfg="c.cfg", out="o", baseline_epochs=80, max_map_drop=0.02).recipe())
+    assert text.startswith("profile `default` with ")
+    assert {"baseline_epochs 80", "max_map_drop 0.02", "max_map5095_drop 0.02"} == set(text.removeprefix("profile `default` with ").split(", "))

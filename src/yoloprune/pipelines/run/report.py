@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import fmean
@@ -17,6 +17,7 @@ import torch
 from yoloprune.eval.bootstrap import bootstrap_difference_intervals
 from yoloprune.export.settings import PARITY_TOLERANCE
 from yoloprune.fileio import atomic_write_text
+from yoloprune.pipelines.run.profiles import PROFILES
 from yoloprune.pipelines.run.recover import ROW_NAMES, choice_text
 from yoloprune.train.metrics import read_metrics_csv
 
@@ -344,6 +345,13 @@ def _use(record: RunRecord, data: str, img_size: int, out_dir: Path) -> list[str
     ]
 
 
+def profile_text(profile) -> str:
+    """`profile `NAME`` and the settings this run changed from the named profile's."""
+    named = PROFILES.get(profile.name)
+    changed = [f"{f.name} {getattr(profile, f.name)}" for f in fields(profile) if named and getattr(profile, f.name) != getattr(named, f.name)]
+    return f"profile `{profile.name}`" + (f" with {', '.join(changed)}" if changed else "")
+
+
 def write_report(run, record: RunRecord, data: str) -> Path:
     """Write `run.out/report.md` for a finished run (`pipeline.RunPipeline`) and return its path."""
     p, out_dir = run.profile, run.out
@@ -354,7 +362,7 @@ def write_report(run, record: RunRecord, data: str) -> Path:
     lines = [
         "# yoloprune run report",
         "",
-        f"Run {when} on {describe_machine()}; profile `{p.name}`; wall time {record.seconds / 60:.1f} min ({stages} min).",
+        f"Run {when} on {describe_machine()}; {profile_text(p)}; wall time {record.seconds / 60:.1f} min ({stages} min).",
         "",
         *_delivered(record, run.recover),
         *_comparison(record.bench, record.table),
