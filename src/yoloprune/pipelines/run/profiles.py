@@ -58,7 +58,7 @@ PROFILES = {
     # averaged so that the report's plateau rule measures the training, not the noise of single
     # evaluations; the measurements behind each number are in docs/demo-profiles.md.
     "default": Profile(
-        name="default", img_size=96, batch=16, baseline_epochs=48, sparse_epochs=10, finetune_epochs=4, lr=0.001, sparsity=0.004,
+        name="default", img_size=96, batch=16, baseline_epochs=48, sparse_epochs=40, finetune_epochs=4, lr=0.001, sparsity=0.004,
         sparsity_decay=None, max_map_drop=0.01, round_to=8, auto_steps=7, distill_weight=1.0, bench_runs=30, eval_every=2,
         optimizer="adam", gamma_lr_scale=10.0, finetune_lr_ratio=0.5, layers="auto", max_map5095_drop=0.01, ema_decay=0.995,
     ),
