@@ -17,7 +17,7 @@ import torch
 from yoloprune.eval.bootstrap import bootstrap_difference_intervals
 from yoloprune.export.settings import PARITY_TOLERANCE
 from yoloprune.fileio import atomic_write_text
-from yoloprune.pipelines.run.profiles import PROFILES
+from yoloprune.pipelines.run.profiles import PROFILES, Profile
 from yoloprune.pipelines.run.recover import ROW_NAMES, choice_text
 from yoloprune.train.metrics import read_metrics_csv
 
@@ -345,7 +345,7 @@ def _use(record: RunRecord, data: str, img_size: int, out_dir: Path) -> list[str
     ]
 
 
-def profile_text(profile) -> str:
+def profile_text(profile: Profile) -> str:
     """`profile `NAME`` and the settings this run changed from the named profile's."""
     named = PROFILES.get(profile.name)
     changed = [f"{f.name} {getattr(profile, f.name)}" for f in fields(profile) if named and getattr(profile, f.name) != getattr(named, f.name)]
